@@ -1,0 +1,1 @@
+"""rosbag2 reading, writing, replay and offline evaluation through `rosbags` (no ROS needed)."""

@@ -1,0 +1,1 @@
+"""Device protocols without ROS: tactile serial frames, audio and camera capture."""

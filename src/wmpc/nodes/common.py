@@ -1,0 +1,126 @@
+"""Shared rclpy plumbing: parameters from config dataclasses, QoS, stamps and a clean main()."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+from wmpc.config import ConfigError, build_config
+
+T = TypeVar("T")
+
+# Sensors: best effort, keep last (as qos_profile_sensor_data). Commands, goals and e-stop:
+# reliable. Goals and e-stop are also transient-local so a late joiner gets the latest value.
+SENSOR_QOS = qos_profile_sensor_data
+COMMAND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+
+def declare_config(node: Node, cls: type[T]) -> T:
+    """Declare one ROS parameter per field of `cls` (default + description) and freeze them.
+
+    Raises ConfigError naming the bad parameter; the caller decides whether to exit.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default
+        if isinstance(default, tuple):
+            default = list(default)
+        descriptor = ParameterDescriptor(description=f.metadata.get("description", ""))
+        if isinstance(default, list) and not default:
+            # An empty list has no element type for rclpy to infer; declare it as strings.
+            node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
+            value = node.get_parameter(f.name).value
+            values[f.name] = list(value) if value is not None else []
+            continue
+        node.declare_parameter(f.name, default, descriptor)
+        values[f.name] = node.get_parameter(f.name).value
+    return build_config(cls, values, source=f"node '{node.get_name()}'")
+
+
+def to_stamp(stamp_s: float) -> TimeMsg:
+    """Seconds (float) to builtin_interfaces/Time."""
+    sec = int(stamp_s // 1)
+    nanosec = int(round((stamp_s - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return TimeMsg(sec=sec, nanosec=nanosec)
+
+
+def now_s(node: Node) -> float:
+    """The node's clock (sim time under use_sim_time) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+class RateLimitedLog:
+    """Log an error at most once per `period_s` per key and count every occurrence."""
+
+    def __init__(self, node: Node, period_s: float = 5.0):
+        self._node = node
+        self._period_s = period_s
+        self._last: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def error(self, key: str, message: str) -> None:
+        """Count one occurrence of `key`; log `message` if this key was quiet long enough."""
+        self.counts[key] = self.counts.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self._period_s:
+            self._last[key] = now
+            suffix = f" ({self.counts[key]} so far)" if self.counts[key] > 1 else ""
+            self._node.get_logger().error(message + suffix)
+
+
+def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
+    """Init rclpy, spin the node until Ctrl-C, SIGTERM or external shutdown; return exit code.
+
+    A ConfigError at construction prints one line naming the parameter and returns 2.
+    """
+    rclpy.init(args=sys.argv)
+    # SIGTERM (from `wmpc launch` or ros2 launch) ends the spin like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,50 @@
+"""Where wmpc's installed share files (launch, config, urdf, models) live."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "wmpc"
+
+
+class ShareNotFoundError(RuntimeError):
+    """wmpc's share directory is not in any ament prefix on AMENT_PREFIX_PATH."""
+
+
+def ensure_venv_prefix() -> None:
+    """Add this interpreter's prefix to AMENT_PREFIX_PATH when it is an ament prefix.
+
+    A venv made by `make` holds the ROS wheels and wmpc's share files, so it is a prefix in
+    its own right; this spares users from exporting the variable by hand.
+    """
+    prefix = Path(sys.prefix)
+    if not (prefix / "share" / "ament_index").is_dir():
+        return
+    paths = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    if str(prefix) not in paths:
+        os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([*paths, str(prefix)])
+
+
+def share_dir() -> Path:
+    """share/wmpc of the installed package, found through the ament index."""
+    from ament_index_python.packages import (
+        PackageNotFoundError,
+        get_package_share_directory,
+    )
+
+    ensure_venv_prefix()
+    try:
+        return Path(get_package_share_directory(PACKAGE))
+    except PackageNotFoundError:
+        raise ShareNotFoundError(
+            "wmpc is not installed in any prefix on AMENT_PREFIX_PATH "
+            f"({os.environ.get('AMENT_PREFIX_PATH', '')!r}). Run `make venv` on a development "
+            "machine, or `colcon build` and `source install/setup.bash` on a robot."
+        ) from None
+
+
+def share_path(*parts: str) -> Path:
+    """A file or folder under share/wmpc."""
+    return share_dir().joinpath(*parts)

@@ -1,0 +1,1 @@
+"""Training-only code (imports torch): dataset from bags, model, training, ONNX export, INT8."""
