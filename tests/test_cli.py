@@ -1,0 +1,54 @@
+"""The `wmpc` command as a user meets it: help, misuse and bad files exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wmpc.cli import COMMANDS
+
+
+def wmpc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wmpc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_top_level_help_lists_every_command():
+    result = wmpc("--help")
+    assert result.returncode == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_has_help(name):
+    result = wmpc(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: wmpc " + name in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("no-such-command",),
+        ("launch", "moon"),
+        ("launch", "sim", "nonsense"),
+        ("launch", "replay"),
+    ],
+)
+def test_misuse_exits_2_without_traceback(args):
+    result = wmpc(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "error" in result.stderr
+
+
+def test_no_command_prints_help_and_exits_2():
+    result = wmpc()
+    assert result.returncode == 2 and "usage: wmpc" in result.stdout
