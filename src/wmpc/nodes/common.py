@@ -23,6 +23,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+from wmpc import codecs
 from wmpc.config import ConfigError, build_config
 
 T = TypeVar("T")
@@ -55,7 +56,8 @@ def declare_config(node: Node, cls: type[T]) -> T:
         if isinstance(default, list) and not default:
             # An empty list has no element type for rclpy to infer; declare it as strings.
             node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
-            value = node.get_parameter(f.name).value
+            # get_parameter() raises for a typed parameter nobody set; _or gives value None.
+            value = node.get_parameter_or(f.name).value
             values[f.name] = list(value) if value is not None else []
             continue
         node.declare_parameter(f.name, default, descriptor)
@@ -64,12 +66,8 @@ def declare_config(node: Node, cls: type[T]) -> T:
 
 
 def to_stamp(stamp_s: float) -> TimeMsg:
-    """Seconds (float) to builtin_interfaces/Time."""
-    sec = int(stamp_s // 1)
-    nanosec = int(round((stamp_s - sec) * 1e9))
-    if nanosec >= 1_000_000_000:
-        sec, nanosec = sec + 1, nanosec - 1_000_000_000
-    return TimeMsg(sec=sec, nanosec=nanosec)
+    """Seconds (float) to builtin_interfaces/Time (kept for callers; see codecs.s_to_stamp)."""
+    return codecs.s_to_stamp(stamp_s)
 
 
 def now_s(node: Node) -> float:
@@ -124,3 +122,39 @@ def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def diagnostic_array(
+    node: Node,
+    name: str,
+    level: str,
+    message: str,
+    values: dict[str, str],
+    hardware_id: str = "",
+):
+    """A DiagnosticArray stamped now holding one status; `level` is 'OK', 'WARN' or 'ERROR'."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    levels = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN}
+    status = DiagnosticStatus(
+        level=levels.get(level, DiagnosticStatus.ERROR),
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = node.get_clock().now().to_msg()
+    return array
+
+
+def log_at_level(node: Node, level: str, message: str) -> None:
+    """Log `message` at diagnostics level 'OK' (info), 'WARN' or 'ERROR'."""
+    # rclpy refuses one call site logging at changing severities, hence a line per level.
+    logger = node.get_logger()
+    if level == "OK":
+        logger.info(message)
+    elif level == "WARN":
+        logger.warning(message)
+    else:
+        logger.error(message)
