@@ -106,3 +106,48 @@ def ros():
     harness = RosHarness()
     yield harness
     harness.close()
+
+
+class PtySkin:
+    """A tactile skin stand-in: a real pseudo-terminal pair behind a device path (a symlink).
+
+    The driver opens `path` like a /dev/ttyACM* node; `write` feeds bytes from the "board"
+    side. `unplug` makes the device vanish as a USB unplug does (the path disappears and reads
+    fail), and `plug` brings a new one back under the same path.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.master: int | None = None
+        self._slave: int | None = None
+        self.plug()
+
+    def plug(self) -> None:
+        """Create a fresh pty pair and point the device path at its slave."""
+        import tty
+
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no CR/LF translation: bytes pass unchanged
+        self.path.symlink_to(os.ttyname(self._slave))
+
+    def unplug(self) -> None:
+        """Remove the device path and close both ends, so the driver's reads fail."""
+        self.path.unlink(missing_ok=True)
+        for fd in (self.master, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self.master = self._slave = None
+
+    def write(self, data: bytes) -> None:
+        """Send bytes from the board side (all of them, even if the kernel takes them in parts)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view) :]
+
+
+@pytest.fixture
+def pty_skin(tmp_path):
+    """A PtySkin at tmp_path/ttySKIN, unplugged after the test."""
+    skin = PtySkin(tmp_path / "ttySKIN")
+    yield skin
+    skin.unplug()
