@@ -838,3 +838,56 @@ class ModelConfig:
     trt_engine_cache_dir: str = param(
         "", "where TensorRT engines are cached ('' = ~/.cache/wmpc/trt)"
     )
+
+
+# ---- runtime node ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeNodeConfig:
+    """The runtime node's own parameters; model.*, planner.*, safety.* and sensors.* are
+    the ModelConfig, PlannerConfig, SafetyConfig and SensorBufferConfig parameters."""
+
+    task: str = param(
+        "reach", "task whose cost the planner uses", one_of("reach", "press", "push")
+    )
+    control_rate_hz: float = param(20.0, "control ticks (commands) per second", positive)
+    autostart: bool = param(
+        False, "configure and activate on start-up instead of waiting for lifecycle calls"
+    )
+    diagnostics_period_s: float = param(1.0, "seconds between /diagnostics messages", positive)
+    latency_window: int = param(
+        200, "ticks the latency percentiles in /diagnostics are computed over", positive
+    )
+    frame_id: str = param("base", "frame of commands, goals and the plan path", _non_empty)
+
+
+# ---- evaluate ----------------------------------------------------------------------------
+
+
+def _horizons(value: Any) -> str | None:
+    """Value is a non-empty sequence of distinct integers >= 1."""
+    if not value or not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+        return "must be a non-empty list of integers"
+    if min(value) < 1 or len(set(value)) != len(value):
+        return "must hold distinct integers >= 1"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """`wmpc evaluate`: the task of the goal, the horizons scored, batching and progress."""
+
+    task: str = param(
+        "",
+        "task of the goal ('' = the one the bag's /wmpc/privileged names, else the parameter "
+        "file's, else reach)",
+        one_of("", "reach", "press", "push"),
+    )
+    horizons: tuple = param(
+        [1, 5, 10], "rollout steps at which each head's prediction error is reported", _horizons
+    )
+    rollout_batch: int = param(256, "prediction windows rolled out per model call", positive)
+    progress_period_s: float = param(
+        2.0, "wall-clock seconds between progress lines on stderr", positive
+    )

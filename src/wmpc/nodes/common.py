@@ -22,6 +22,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 
 from wmpc import codecs
 from wmpc.config import ConfigError, build_config
@@ -42,27 +43,35 @@ LATCHED_QOS = QoSProfile(
 )
 
 
-def declare_config(node: Node, cls: type[T]) -> T:
+def declare_config(node: Node, cls: type[T], prefix: str = "") -> T:
     """Declare one ROS parameter per field of `cls` (default + description) and freeze them.
 
-    Raises ConfigError naming the bad parameter; the caller decides whether to exit.
+    With `prefix` ("planner"), parameters are named "planner.<field>": nested keys under
+    `planner:` in the YAML file. Raises ConfigError naming the bad parameter; the caller
+    decides whether to exit.
     """
+    dotted = f"{prefix}." if prefix else ""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        name = dotted + f.name
         default = f.default
         if isinstance(default, tuple):
             default = list(default)
         descriptor = ParameterDescriptor(description=f.metadata.get("description", ""))
         if isinstance(default, list) and not default:
             # An empty list has no element type for rclpy to infer; declare it as strings.
-            node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
+            node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor)
             # get_parameter() raises for a typed parameter nobody set; _or gives value None.
-            value = node.get_parameter_or(f.name).value
+            value = node.get_parameter_or(name).value
             values[f.name] = list(value) if value is not None else []
             continue
-        node.declare_parameter(f.name, default, descriptor)
-        values[f.name] = node.get_parameter(f.name).value
-    return build_config(cls, values, source=f"node '{node.get_name()}'")
+        # Dynamic typing: a YAML `12` for a float parameter reaches build_config, which
+        # coerces it or names the parameter, instead of rclpy raising a type exception.
+        descriptor.dynamic_typing = True
+        node.declare_parameter(name, default, descriptor)
+        values[f.name] = node.get_parameter(name).value
+    where = f"node '{node.get_name()}'" + (f", parameters '{dotted}*'" if prefix else "")
+    return build_config(cls, values, source=where)
 
 
 def to_stamp(stamp_s: float) -> TimeMsg:
@@ -94,14 +103,21 @@ class RateLimitedLog:
             self._node.get_logger().error(message + suffix)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     """Init rclpy, spin the node until Ctrl-C, SIGTERM or external shutdown; return exit code.
 
     A ConfigError at construction prints one line naming the parameter and returns 2.
     """
-    rclpy.init(args=sys.argv)
+    # rclpy's own SIGINT handler would shut the context down before `close()` runs, and a
+    # node could no longer publish its last words (the runtime's hold). Ours raise instead;
     # SIGTERM (from `wmpc launch` or ros2 launch) ends the spin like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     node = None
     try:
         node = make_node()
@@ -158,3 +174,50 @@ def log_at_level(node: Node, level: str, message: str) -> None:
         logger.warning(message)
     else:
         logger.error(message)
+
+
+def report_health(
+    node: Node,
+    name: str,
+    hardware_id: str,
+    health: Callable[[], tuple[str, str, dict[str, str]]],
+    period_s: float = 1.0,
+):
+    """Publish `health()` = (level, message, values) on /diagnostics every `period_s`.
+
+    Each change of level is also logged once. Returns the timer.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    last_level = [""]
+
+    def tick() -> None:
+        level, message, values = health()
+        if level != last_level[0]:
+            log_at_level(node, level, f"{name}: {message}")
+            last_level[0] = level
+        status_name = f"{node.get_name()}: {name}"
+        publisher.publish(diagnostic_array(node, status_name, level, message, values, hardware_id))
+
+    return node.create_timer(period_s, tick)
+
+
+def run_node_with_option(
+    make_node: Callable[[list[Parameter]], Node],
+    option: str,
+    parameter: str,
+    help_text: str,
+    argv: list[str] | None = None,
+) -> int:
+    """run_node() for a node whose `--<option> VALUE` command-line flag sets `parameter`."""
+    import argparse
+
+    from rclpy.utilities import remove_ros_args
+
+    argv = sys.argv if argv is None else argv
+    parser = argparse.ArgumentParser(prog=argv[0].rsplit("/", 1)[-1])
+    parser.add_argument(f"--{option}", help=f"{help_text} (sets parameter '{parameter}')")
+    value = getattr(parser.parse_args(remove_ros_args(argv)[1:]), option.replace("-", "_"))
+    overrides = [Parameter(parameter, value=value)] if value else []
+    return run_node(lambda: make_node(overrides))

@@ -1,0 +1,319 @@
+"""Benchmark sections behind `wmpc bench`: each returns a flat dict of measured figures."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from wmpc.errors import WmpcError
+
+
+def percentiles_ms(samples_s: list[float] | np.ndarray) -> tuple[float, float]:
+    """(p50, p99) in milliseconds of durations given in seconds."""
+    arr = np.asarray(samples_s, dtype=np.float64) * 1e3
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 5) -> np.ndarray:
+    """Wall time of `repeats` calls of fn (after `warmup` untimed calls), in seconds."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - start
+    return out
+
+
+def gemm_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """This machine's fp32 matrix-multiply rate through numpy's BLAS (best of `repeats`)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    best_s = float(np.min(time_calls(lambda: a @ b, repeats, warmup=2)))
+    return 2.0 * n**3 / best_s / 1e9
+
+
+SECTIONS: dict[str, Callable] = {}
+
+
+# ---- planner ---------------------------------------------------------------------------------
+
+# The budget TD-MPC2 plans with: 512 samples x 6 iterations over a horizon of 3.
+TDMPC2_BUDGET = {"samples": 512, "iterations": 6, "horizon": 3}
+# Both planners get the same CPU threads: the 2 cores of the machine the targets are set on.
+PLANNER_THREADS = 2
+CAMERA_RATE_HZ = 30.0
+CAMERA_HW = (480, 640)
+AUDIO_CHUNK_SAMPLES = 512
+# The bench's press goal: 5 N down on the table at the marker of the sim scene.
+BENCH_GOAL_POSITION_M = (0.55, 0.10, 0.0)
+BENCH_GOAL_FORCE_N = 5.0
+
+
+class BenchError(WmpcError, RuntimeError):
+    """A benchmark cannot measure honestly (no model, no checkpoint, no plan); says why."""
+
+
+def _say(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def _model_dir(model: str) -> Path:
+    """--model, or the installed models/default; BenchError when it holds no model."""
+    from wmpc.paths import ShareNotFoundError, share_path
+
+    if model:
+        path = Path(model)
+        what = f"--model {model}"
+    else:
+        try:
+            path = share_path("models", "default")
+        except ShareNotFoundError as exc:
+            raise BenchError(f"cannot find the shipped model: {exc}") from None
+        what = f"the shipped model {path}"
+    if not (path / "manifest.json").is_file():
+        raise BenchError(
+            f"{what} has no manifest.json, so there is no model to measure; train one with "
+            "`wmpc train DATA_DIR --out models/default` (and `wmpc quantize`), or pass "
+            "--model DIR"
+        )
+    return path
+
+
+def _checkpoint(model_dir: Path, manifest: dict) -> Path:
+    """checkpoint.pt beside the ONNX files, proven by the manifest's sha256 to be their run's."""
+    from wmpc.model import sha256_file
+
+    path = model_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise BenchError(
+            f"{path} not found: the PyTorch reference planner needs the torch weights "
+            "`wmpc train` saves beside the ONNX files; this model has none, so there is "
+            "nothing honest to compare with (re-train it with `wmpc train`)"
+        )
+    listed = manifest.get("training", {}).get("artifacts", {}).get("checkpoint.pt")
+    if listed is None:
+        raise BenchError(
+            f"{model_dir / 'manifest.json'} does not list checkpoint.pt under "
+            "training.artifacts, so its weights cannot be shown to be the ONNX files' weights"
+        )
+    if sha256_file(path) != listed:
+        raise BenchError(
+            f"{path} does not match the sha256 in training.artifacts of its manifest: it is "
+            "not the checkpoint these ONNX files were exported from"
+        )
+    return path
+
+
+def _sensor_config(manifest: dict):
+    """The SensorBufferConfig that feeds this model: its topics, joints and audio window."""
+    from wmpc.config import SensorBufferConfig
+
+    mods = manifest["modalities"]
+    return SensorBufferConfig(
+        image_topic=mods["image"].get("topic", SensorBufferConfig.image_topic),
+        audio_topic=mods["audio"].get("topic", SensorBufferConfig.audio_topic),
+        tactile_topic=mods["tactile"].get("topic", SensorBufferConfig.tactile_topic),
+        joint_names=tuple(mods["proprio"]["joint_names"]),
+        audio_rate_hz=int(mods["audio"]["rate_hz"]),
+        audio_window_samples=int(mods["audio"]["window_samples"]),
+    )
+
+
+class SyntheticSensors:
+    """Fresh, plausible sensor samples for a ControlLoop's buffer, on a synthetic clock.
+
+    A 640x480 camera at 30 Hz (a fixed scene plus per-frame noise), continuous 16 kHz audio
+    in 512-sample chunks (a tone in noise), a tactile grid, joint states, ee pose and wrist
+    wrench of an arm hovering over the table; everything stamped like a live robot's.
+    """
+
+    def __init__(self, manifest: dict, seed: int = 0, start_s: float = 10.0) -> None:
+        mods = manifest["modalities"]
+        self.rng = np.random.default_rng(seed)
+        self.joint_names = tuple(mods["proprio"]["joint_names"])
+        self.rate_hz = int(mods["audio"]["rate_hz"])
+        self.tactile_shape = (int(mods["tactile"]["rows"]), int(mods["tactile"]["cols"]), 3)
+        rows = np.linspace(0, 1, CAMERA_HW[0])[:, None, None]
+        cols = np.linspace(0, 1, CAMERA_HW[1])[None, :, None]
+        self.scene = (80 + 120 * rows * np.array([1.0, 0.6, 0.3]) + 40 * cols).astype(np.int16)
+        # Audio starts one window before the first tick, so the first observation is complete.
+        self.audio_end_s = start_s - int(mods["audio"]["window_samples"]) / self.rate_hz
+        self.audio_phase = 0
+        self.last_frame_s = -np.inf
+        self.start_s = start_s
+
+    def feed(self, buffer, now_s: float) -> None:
+        """Offer every sample due at `now_s`; raises BenchError if the buffer rejects one."""
+        from wmpc.types import (
+            TOOL_DOWN_XYZW,
+            AudioChunk,
+            ImageFrame,
+            JointSample,
+            Pose,
+            TactileFrame,
+            Wrench,
+        )
+
+        t = now_s - self.start_s
+        offers = []
+        frame_s = np.floor(now_s * CAMERA_RATE_HZ) / CAMERA_RATE_HZ
+        if frame_s > self.last_frame_s:
+            noise = self.rng.integers(-6, 7, size=self.scene.shape, dtype=np.int16)
+            pixels = np.clip(self.scene + noise, 0, 255).astype(np.uint8)
+            offers.append(("image", ImageFrame(frame_s, pixels, "rgb8", "camera")))
+            self.last_frame_s = frame_s
+        chunk_s = AUDIO_CHUNK_SAMPLES / self.rate_hz
+        while self.audio_end_s + chunk_s <= now_s:
+            n = self.audio_phase + np.arange(AUDIO_CHUNK_SAMPLES)
+            wave = 900 * np.sin(2 * np.pi * 440.0 * n / self.rate_hz)
+            wave = wave + self.rng.normal(0, 120, AUDIO_CHUNK_SAMPLES)
+            samples = np.clip(wave, -32768, 32767).astype(np.int16)[None]
+            offers.append(("audio", AudioChunk(self.audio_end_s, samples, float(self.rate_hz))))
+            self.audio_end_s += chunk_s
+            self.audio_phase += AUDIO_CHUNK_SAMPLES
+        taxels = self.rng.normal(0, 0.02, self.tactile_shape).astype(np.float32)
+        offers.append(("tactile", TactileFrame(now_s, taxels, "probe")))
+        joints = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.8])[: len(self.joint_names)]
+        joints = np.resize(joints, len(self.joint_names)) + 0.01 * np.sin(t)
+        n = len(self.joint_names)
+        offers.append(
+            ("joints", JointSample(now_s, self.joint_names, joints, np.zeros(n), np.zeros(n)))
+        )
+        ee_m = np.array([0.5 + 0.02 * np.sin(t), 0.02 * np.cos(t), 0.15])
+        offers.append(("ee_pose", (now_s, Pose(ee_m, TOOL_DOWN_XYZW.copy()))))
+        force_n = self.rng.normal(0, 0.2, 3)
+        offers.append(("wrench", (now_s, Wrench(force_n, self.rng.normal(0, 0.01, 3)))))
+        for modality, sample in offers:
+            reason = buffer.offer(modality, sample, now_s)
+            if reason is not None:
+                raise BenchError(f"the synthetic {modality} sample was rejected: {reason}")
+
+
+def _bench_goal():
+    """The press goal the planner benchmarks plan towards."""
+    from wmpc.types import TOOL_DOWN_XYZW, Goal, Pose, Wrench
+
+    return Goal(
+        Pose(np.array(BENCH_GOAL_POSITION_M), TOOL_DOWN_XYZW.copy()),
+        Wrench(np.array([0.0, 0.0, -BENCH_GOAL_FORCE_N]), np.zeros(3)),
+        "press",
+    )
+
+
+def _ticks(loop, sensors: SyntheticSensors, goal, count: int, start_s: float) -> list:
+    """`count` control ticks fed with fresh samples; BenchError on a tick without a plan."""
+    results = []
+    period_s = loop.model.control_period_s
+    for i in range(count):
+        now_s = start_s + i * period_s
+        sensors.feed(loop.buffer, now_s)
+        result = loop.tick(now_s, goal)
+        if result.plan is None:
+            # A tick that holds skips the model: timing it would flatter the figure.
+            raise BenchError(f"control tick at {now_s:.3f} s made no plan: {result.problems}")
+        results.append(result)
+    return results
+
+
+def planner_section(args) -> dict:
+    """Plan and tick latency, throughput, FLOPs and the PyTorch-eager reference planner."""
+    import dataclasses
+
+    import torch
+
+    from wmpc.config import ModelConfig, PlannerConfig, SafetyConfig
+    from wmpc.model import WorldModel
+    from wmpc.planning import Planner, plan_flops
+    from wmpc.runtime import ControlLoop
+    from wmpc.training.reference_planner import TorchReferencePlanner
+    from wmpc.training.train import load_checkpoint
+
+    repeats = int(args.repeats)
+    if repeats < 2:
+        raise BenchError(f"--repeats = {repeats}: need at least 2 timed plans for percentiles")
+    model_dir = _model_dir(args.model)
+    model_config = ModelConfig(model_dir=str(model_dir), intra_op_threads=PLANNER_THREADS)
+    model = WorldModel.from_config(model_config)
+    checkpoint = _checkpoint(model_dir, dict(model.manifest.raw))
+    default = PlannerConfig()
+    budget = dataclasses.replace(default, **TDMPC2_BUDGET)
+    safety = SafetyConfig()
+    goal = _bench_goal()
+    _say(
+        f"planner: model '{model.manifest.name}' ({model.precision}, {model.provider}) from "
+        f"{model_dir}, {PLANNER_THREADS} threads"
+    )
+
+    flops = plan_flops(model, budget)
+    _say("planner: fp32 GEMM peak ...")
+    peak_gflops = gemm_peak_gflops()
+
+    _say(f"planner: {repeats} control ticks (preprocess, encode, plan, safety filter) ...")
+    loop = ControlLoop(model, default, safety, _sensor_config(model.manifest.raw), goal.task)
+    sensors = SyntheticSensors(model.manifest.raw)
+    warm = _ticks(loop, sensors, goal, 5, sensors.start_s)
+    ticks = _ticks(loop, sensors, goal, repeats, sensors.start_s + 5 * model.control_period_s)
+    tick_p50, tick_p99 = percentiles_ms([r.latency_s for r in ticks])
+    z = warm[0].z  # (1, latent): the encoding of a complete, realistic observation
+
+    _say(f"planner: {repeats} plans at the default config ({_budget_name(default)}) ...")
+    planner = Planner(model, default, safety.workspace_min_m, safety.workspace_max_m)
+    plan_p50, plan_p99 = percentiles_ms(time_calls(lambda: planner.plan(z, goal), repeats))
+    if _budget_name(budget) == _budget_name(default):
+        _say("planner: the default config is the TD-MPC2 budget; one measurement serves both")
+        budget_p50, budget_p99 = plan_p50, plan_p99
+    else:
+        _say(f"planner: {repeats} plans at the TD-MPC2 budget ({_budget_name(budget)}) ...")
+        planner = Planner(model, budget, safety.workspace_min_m, safety.workspace_max_m)
+        budget_p50, budget_p99 = percentiles_ms(time_calls(lambda: planner.plan(z, goal), repeats))
+
+    # The eager reference is slower; a quarter of the repeats still gives a steady median.
+    torch_repeats = max(20, repeats // 4)
+    _say(f"planner: {torch_repeats} PyTorch-eager reference plans ({_budget_name(budget)}) ...")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(PLANNER_THREADS)
+    try:
+        reference = TorchReferencePlanner(
+            load_checkpoint(checkpoint), budget, safety.workspace_min_m, safety.workspace_max_m
+        )
+        torch_p50, torch_p99 = percentiles_ms(
+            time_calls(lambda: reference.plan(z, goal), torch_repeats)
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+
+    steps = budget.samples * budget.horizon * budget.iterations
+    return {
+        "model_name": model.manifest.name,
+        "model_precision": model.precision,
+        "planner_provider": model.provider,
+        "planner_threads": PLANNER_THREADS,
+        "plan_ms_p50": plan_p50,
+        "plan_ms_p99": plan_p99,
+        "tdmpc2_budget_plan_ms_p50": budget_p50,
+        "tdmpc2_budget_plan_ms_p99": budget_p99,
+        "latent_steps_per_s": steps / (budget_p50 / 1e3),
+        "plan_flops": flops,
+        "achieved_gflops": flops / (budget_p50 / 1e3) / 1e9,
+        "gemm_peak_gflops": peak_gflops,
+        "torch_eager_plan_ms_p50": torch_p50,
+        "torch_eager_plan_ms_p99": torch_p99,
+        "speedup_vs_torch_eager": torch_p50 / budget_p50,
+        "tick_ms_p50": tick_p50,
+        "tick_ms_p99": tick_p99,
+    }
+
+
+def _budget_name(config) -> str:
+    """'K x iterations x H' of a planner config."""
+    return f"{config.samples} x {config.iterations} x H{config.horizon}"
+
+
+SECTIONS["planner"] = planner_section
