@@ -151,3 +151,111 @@ def pty_skin(tmp_path):
     skin = PtySkin(tmp_path / "ttySKIN")
     yield skin
     skin.unplug()
+
+
+# ---- synthetic episode bags (sensors, preprocessing, training) ------------------------------
+
+
+def write_synthetic_bag(
+    path: Path,
+    seed: int,
+    ticks: int = 60,
+    *,
+    camera_gap_ticks: tuple[int, int] | None = None,
+    privileged: bool = True,
+) -> Path:
+    """A small, learnable toy episode as a real MCAP bag with the standard topics.
+
+    A point end effector follows an integrated target (the action is the target step) and
+    presses on a table at z = 0 with the commanded force when it is down. The camera sees
+    the end effector and a marker; audio is noise louder in contact; taxels read the force.
+    `camera_gap_ticks` = (first, last) ticks without camera frames.
+    """
+    import numpy as np
+
+    from wmpc import types
+    from wmpc.training.dataset import EpisodeBagWriter
+
+    rng = np.random.default_rng(seed)
+    period_s, rate, chunk = 0.05, 16000, 512
+    ee = np.array([0.5, 0.0, 0.06]) + rng.uniform(-0.05, 0.05, 3) * [1, 1, 0.2]
+    target = ee.copy()
+    marker = np.array([*rng.uniform([0.4, -0.1], [0.6, 0.1]), 0.0])
+    block = np.array([*rng.uniform([0.4, -0.1], [0.6, 0.1]), 0.02])
+    mixing = rng.normal(size=(7, 3))
+    audio_end = 0  # samples written so far (t0 = 1 s)
+    force = 0.0
+    yy, xx = np.mgrid[0:64, 0:64]
+    goal = types.Goal(types.Pose(marker, types.TOOL_DOWN_XYZW), types.Wrench.zero(), "press")
+    with EpisodeBagWriter(path) as bag:
+        bag.goal(1.0, goal)
+        velocity = rng.uniform(-0.01, 0.01, 3)
+        for k in range(ticks):
+            t = 1.0 + k * period_s
+            image = np.full((64, 64, 3), 30, np.uint8)
+            px, py = (ee[:2] - [0.3, -0.2]) / 0.4 * 63
+            image[(xx - px) ** 2 + (yy - py) ** 2 < 16 + 40 * ee[2]] = (250, 250, 250)
+            mx, my = (marker[:2] - [0.3, -0.2]) / 0.4 * 63
+            image[(xx - mx) ** 2 + (yy - my) ** 2 < 9] = (255, 0, 0)
+            if camera_gap_ticks is None or not camera_gap_ticks[0] <= k <= camera_gap_ticks[1]:
+                bag.image(types.ImageFrame(t, image, "rgb8", "camera"))
+            while (audio_end + chunk) / rate <= t - 1.0:
+                loud = 300 + 3000 * force / 10
+                samples = rng.normal(0, loud, (1, chunk)).clip(-32767, 32767).astype(np.int16)
+                bag.audio(types.AudioChunk(1.0 + audio_end / rate, samples, float(rate)))
+                audio_end += chunk
+            taxels = rng.normal(0, 0.01, (4, 4, 3)).astype(np.float32)
+            taxels[..., 2] += force / 16
+            bag.tactile(types.TactileFrame(t, taxels, "probe"))
+            joints = mixing @ ee
+            bag.joints(
+                types.JointSample(
+                    t,
+                    tuple(f"panda_joint{i}" for i in range(1, 8)),
+                    joints,
+                    np.zeros(7),
+                    np.zeros(7),
+                )
+            )
+            bag.ee_pose(t, types.Pose(ee.copy(), types.TOOL_DOWN_XYZW))
+            bag.wrench(t, types.Wrench(np.array([0.0, 0.0, force]), np.zeros(3)))
+            in_contact = force > 0
+            if privileged:
+                bag.privileged(
+                    t,
+                    {
+                        "task": "press",
+                        "ee_position_m": ee,
+                        "marker_position_m": marker,
+                        "block_position_m": block,
+                        "contact_force_n": force,
+                        "contact": in_contact,
+                    },
+                )
+            # The action: a smooth random walk that often goes down to the table.
+            velocity = 0.8 * velocity + rng.normal(0, 0.006, 3) + [0, 0, -0.002]
+            step = np.clip(velocity, -0.02, 0.02)
+            step[2] = np.clip(step[2], -0.02 - min(0.0, target[2]), 0.02)
+            normal = float(rng.uniform(0, 10)) if ee[2] < 0.01 else 0.0
+            target = target + step
+            bag.command(
+                types.Command(
+                    t,
+                    types.Pose(target.copy(), types.TOOL_DOWN_XYZW),
+                    types.Wrench(np.array([0.0, 0.0, -normal]), np.zeros(3)),
+                )
+            )
+            ee = ee + 0.6 * (target - ee)
+            ee[2] = max(ee[2], 0.0)
+            force = normal if ee[2] <= 1e-3 else 0.0
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_bags(tmp_path_factory) -> Path:
+    """A folder of four synthetic episode bags (60 ticks each), shared by the session."""
+    root = tmp_path_factory.mktemp("synthetic") / "bags"
+    root.mkdir()
+    for seed in range(4):
+        write_synthetic_bag(root / f"episode_{seed:04d}", seed)
+    return root
