@@ -1,0 +1,260 @@
+"""MPPI and CEM in the world model's latent space, with task costs read from its heads.
+
+The search follows TD-MPC2's `_plan`: sample K action sequences around a Gaussian (mean
+warm-started from the previous plan shifted by one tick, std reset to max_std), roll them
+all out in one model call, score them, keep the elites, refit mean and std to the elites
+(MPPI: weighted by exp(-cost / temperature); CEM: equally), repeat. Actions are searched in
+[-1, 1] per component and mapped onto the manifest's physical bounds for the model.
+
+Differences from TD-MPC2, which has a learned policy and value that this runtime lacks:
+sample 0 of every iteration is the current mean itself, so a refit can never lose the best
+plan found so far; the warm start repeats the last action instead of padding with zeros (see
+`_initial_mean`); and the plan returned is the mean (not a sampled elite), rolled out once
+more (K = 1) so the predicted trajectory published with it is the one for those very actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wmpc.config import PlannerConfig
+from wmpc.errors import WmpcError
+from wmpc.model import WorldModel
+from wmpc.types import Goal, Plan
+
+# The heads each task's cost reads; the planner refuses a goal its model cannot score.
+TASK_HEADS = {
+    "reach": ("ee_position_m",),
+    "press": ("ee_position_m", "marker_rel_m", "contact_force_n"),
+    "push": ("ee_position_m", "block_position_m"),
+}
+
+
+class PlanningError(WmpcError, ValueError):
+    """A goal the planner cannot score with this model (unknown task or missing head)."""
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis."""
+    return np.sqrt(np.sum(np.square(x), axis=-1))
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """Cost of K predicted rollouts for one goal: one method per model head, summed over H."""
+
+    config: PlannerConfig
+    goal: Goal
+    workspace_min_m: np.ndarray | None = None  # (3,)
+    workspace_max_m: np.ndarray | None = None  # (3,)
+
+    @property
+    def desired_normal_force_n(self) -> float:
+        """Normal force the goal asks for: pressing down (-z of base) is positive."""
+        return max(0.0, -float(self.goal.wrench.force_n[2]))
+
+    def ee_position(self, ee_m: np.ndarray) -> np.ndarray:
+        """(K,) distance of the predicted ee to the goal position (press: height only)."""
+        error = ee_m - self.goal.pose.position_m  # (K, H, 3)
+        if self.goal.task == "press":
+            # The press goal only says "on the table"; where on it comes from the marker head.
+            error = error[..., 2:]
+        return self.config.position_weight_per_m * _norm(error).sum(axis=1)
+
+    def contact_force(self, force_n: np.ndarray) -> np.ndarray:
+        """(K,) predicted contact force away from the goal's normal force."""
+        error = np.abs(force_n[..., 0] - self.desired_normal_force_n)  # (K, H)
+        return self.config.force_weight_per_n * error.sum(axis=1)
+
+    def marker_alignment(self, marker_rel_m: np.ndarray) -> np.ndarray:
+        """(K,) horizontal distance from the pad to the marker (press)."""
+        return self.config.marker_weight_per_m * _norm(marker_rel_m[..., :2]).sum(axis=1)
+
+    def block_to_goal(self, block_m: np.ndarray, ee_m: np.ndarray) -> np.ndarray:
+        """(K,) block distance to the goal, plus the pad's distance to the spot behind it."""
+        goal = self.goal.pose.position_m
+        to_goal_xy = goal[:2] - block_m[..., :2]  # (K, H, 2)
+        block_cost = _norm(to_goal_xy).sum(axis=1)
+        direction = to_goal_xy / np.maximum(_norm(to_goal_xy)[..., None], 1e-6)
+        behind = np.concatenate(
+            [
+                block_m[..., :2] - self.config.push_standoff_m * direction,
+                np.broadcast_to(goal[2], (*block_m.shape[:-1], 1)),
+            ],
+            axis=-1,
+        )  # (K, H, 3): where the pad should be to push the block goalwards
+        approach_cost = _norm(ee_m - behind).sum(axis=1)
+        return (
+            self.config.block_weight_per_m * block_cost
+            + self.config.approach_weight_per_m * approach_cost
+        )
+
+    def commanded_force(self, actions: np.ndarray) -> np.ndarray:
+        """(K,) commanded normal force away from the goal's (physical actions)."""
+        error = np.abs(actions[..., 3] - self.desired_normal_force_n)  # (K, H)
+        return self.config.command_force_weight_per_n * error.sum(axis=1)
+
+    def smoothness(self, actions_unit: np.ndarray, previous_unit: np.ndarray) -> np.ndarray:
+        """(K,) squared change of the normalised action, starting from the previous tick's."""
+        steps = np.diff(
+            actions_unit,
+            axis=1,
+            prepend=np.broadcast_to(
+                previous_unit, (actions_unit.shape[0], 1, actions_unit.shape[2])
+            ),
+        )  # (K, H, A)
+        return self.config.smoothness_weight * np.square(steps).sum(axis=(1, 2))
+
+    def workspace(self, ee_m: np.ndarray) -> np.ndarray:
+        """(K,) how far predicted ee positions leave the safety filter's box."""
+        if self.workspace_min_m is None or self.workspace_max_m is None:
+            return np.zeros(ee_m.shape[0])
+        outside = np.maximum(self.workspace_min_m - ee_m, 0) + np.maximum(
+            ee_m - self.workspace_max_m, 0
+        )  # (K, H, 3)
+        return self.config.workspace_weight_per_m * outside.sum(axis=(1, 2))
+
+    def __call__(
+        self,
+        heads: dict[str, np.ndarray],
+        actions: np.ndarray,
+        actions_unit: np.ndarray,
+        previous_unit: np.ndarray,
+    ) -> np.ndarray:
+        """(K,) total cost; non-finite predictions cost +inf."""
+        ee = heads["ee_position_m"]
+        cost = self.workspace(ee) + self.smoothness(actions_unit, previous_unit)
+        cost = cost + self.commanded_force(actions)
+        if self.goal.task == "push":
+            cost = cost + self.block_to_goal(heads["block_position_m"], ee)
+        else:
+            cost = cost + self.ee_position(ee)
+        if self.goal.task == "press":
+            cost = cost + self.marker_alignment(heads["marker_rel_m"])
+        if "contact_force_n" in heads:
+            cost = cost + self.contact_force(heads["contact_force_n"])
+        return np.where(np.isfinite(cost), cost, np.inf)
+
+
+class Planner:
+    """MPPI (or CEM) over `WorldModel.rollout`; keeps its mean to warm-start the next tick."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        config: PlannerConfig,
+        workspace_min_m: np.ndarray | tuple | None = None,
+        workspace_max_m: np.ndarray | tuple | None = None,
+    ) -> None:
+        """`workspace_*_m`: the safety filter's box, so plans avoid what it would clip."""
+        self.model = model
+        self.config = config
+        space = model.action_space
+        self.centre = (space.high + space.low) / 2.0  # (A,)
+        self.half_range = (space.high - space.low) / 2.0  # (A,)
+        # "Do nothing": no step and no force, in the normalised space.
+        self.rest_unit = np.clip((0.0 - self.centre) / self.half_range, -1.0, 1.0)
+        self.workspace = tuple(
+            None if box is None else np.asarray(box, dtype=np.float64)
+            for box in (workspace_min_m, workspace_max_m)
+        )
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the warm start and reseed (default: config.seed), e.g. at a new episode."""
+        self.rng = np.random.default_rng(self.config.seed if seed is None else seed)
+        self._previous_mean: np.ndarray | None = None  # (H, A) normalised
+        self._previous_action = self.rest_unit.copy()  # (A,) first action of the last plan
+
+    def to_physical(self, actions_unit: np.ndarray) -> np.ndarray:
+        """Normalised actions in [-1, 1] -> physical units (ACTION_NAMES order)."""
+        return self.centre + self.half_range * actions_unit
+
+    def cost_for(self, goal: Goal) -> TaskCost:
+        """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
+        if goal.task not in TASK_HEADS:
+            raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
+        cost = TaskCost(self.config, goal, *self.workspace)
+        needed = list(TASK_HEADS[goal.task])
+        if cost.desired_normal_force_n > 0 and "contact_force_n" not in needed:
+            needed.append("contact_force_n")
+        missing = [h for h in needed if h not in self.model.heads]
+        if missing:
+            raise PlanningError(
+                f"task '{goal.task}' needs the model head(s) {missing}; model "
+                f"'{self.model.manifest.name}' has {sorted(self.model.heads)}"
+            )
+        return cost
+
+    def _initial_mean(self, horizon: int) -> np.ndarray:
+        """(H, A): last tick's mean shifted by one tick, its last action repeated.
+
+        TD-MPC2 pads with zeros; repeating suits holding a force, which a padded "no force"
+        step would make the search rediscover every tick.
+        """
+        if self._previous_mean is None:
+            return np.tile(self.rest_unit, (horizon, 1))
+        return np.concatenate([self._previous_mean[1:], self._previous_mean[-1:]])
+
+    def plan(self, z: np.ndarray, goal: Goal) -> Plan:
+        """Search action sequences from latent state z (1, latent) towards `goal`.
+
+        Returns an all-finite Plan, or raises PlanningError when the model predicts
+        non-finite values (then the next plan starts without a warm start).
+        """
+        cfg, score = self.config, self.cost_for(goal)
+        K, H, A, E = cfg.samples, cfg.horizon, self.centre.size, cfg.elites
+        mean = self._initial_mean(H)  # (H, A)
+        std = np.full((H, A), cfg.max_std)  # (H, A)
+        for _ in range(cfg.iterations):
+            noise = self.rng.standard_normal((K, H, A))
+            samples = np.clip(mean + std * noise, -1.0, 1.0)  # (K, H, A)
+            samples[0] = mean  # keep the incumbent
+            actions = self.to_physical(samples)  # (K, H, A) physical
+            heads = self.model.rollout(z, actions)  # head -> (K, H, ...)
+            cost = score(heads, actions, samples, self._previous_action)  # (K,)
+            self._require_finite(cost)
+            elite = np.argpartition(cost, E - 1)[:E]  # (E,)
+            weights = self._elite_weights(cost[elite])  # (E,)
+            mean = np.einsum("e,eha->ha", weights, samples[elite])  # (H, A)
+            spread = np.einsum("e,eha->ha", weights, np.square(samples[elite] - mean))
+            std = np.clip(np.sqrt(spread), cfg.min_std, cfg.max_std)  # (H, A)
+        # One more (K = 1) run: the predictions published must be those of the returned mean.
+        actions = self.to_physical(mean)[None]  # (1, H, A)
+        heads = self.model.rollout(z, actions)
+        final_cost = score(heads, actions, mean[None], self._previous_action)  # (1,)
+        self._require_finite(final_cost, *heads.values())
+        self._previous_mean, self._previous_action = mean, mean[0].copy()
+        return Plan(
+            actions=actions[0].astype(np.float64),
+            ee_position_m=heads["ee_position_m"][0].astype(np.float64),
+            cost=float(final_cost[0]),
+            predictions={name: value[0] for name, value in heads.items()},
+        )
+
+    def _require_finite(self, cost: np.ndarray, *predictions: np.ndarray) -> None:
+        """PlanningError, and no warm start next tick, unless the rollout is usable."""
+        # Some samples with non-finite predictions just lose (cost +inf); all of them, or a
+        # non-finite final prediction, mean the model is broken this tick.
+        if np.isfinite(cost).any() and all(np.all(np.isfinite(p)) for p in predictions):
+            return
+        self._previous_mean, self._previous_action = None, self.rest_unit.copy()
+        raise PlanningError(
+            f"world model '{self.model.manifest.name}' predicted non-finite values (is the "
+            "latent state z finite?); no plan this tick"
+        )
+
+    def _elite_weights(self, elite_cost: np.ndarray) -> np.ndarray:
+        """(E,) weights summing to 1: MPPI's softmin at `temperature`, or CEM's equal ones."""
+        if self.config.method == "cem":
+            return np.full(elite_cost.shape, 1.0 / elite_cost.size)
+        weights = np.exp(-(elite_cost - elite_cost.min()) / self.config.temperature)
+        return weights / weights.sum()
+
+
+def plan_flops(model: WorldModel, config: PlannerConfig) -> int:
+    """FLOPs of the model's matrix products in one plan (cost terms in numpy excluded)."""
+    search = config.iterations * model.rollout_flops(config.samples, config.horizon)
+    return int(search + model.rollout_flops(1, config.horizon))

@@ -1,0 +1,184 @@
+"""Planner: MPPI and CEM over the tiny ONNX world model, task costs, determinism, budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tiny_model
+from wmpc.config import ConfigError, PlannerConfig, SafetyConfig, build_config
+from wmpc.model import WorldModel
+from wmpc.planning import Planner, PlanningError, plan_flops
+from wmpc.types import TOOL_DOWN_XYZW, Goal, Pose, Wrench
+
+CPU = ["CPUExecutionProvider"]
+SAFETY = SafetyConfig()
+START_M = np.array([0.5, 0.0, 0.2])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> WorldModel:
+    directory = tiny_model.build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    return WorldModel.load(directory, "fp32", providers=CPU, intra_op_threads=1)
+
+
+def config(**values) -> PlannerConfig:
+    return build_config(PlannerConfig, {"samples": 256, "elites": 32, **values})
+
+
+def planner(model, **values) -> Planner:
+    return Planner(model, config(**values), SAFETY.workspace_min_m, SAFETY.workspace_max_m)
+
+
+def goal(position, task="reach", force_n=0.0) -> Goal:
+    wrench = Wrench(np.array([0.0, 0.0, -force_n]), np.zeros(3))
+    return Goal(Pose(np.asarray(position, dtype=float), TOOL_DOWN_XYZW), wrench, task)
+
+
+def closed_loop(model, plan_with: Planner, target: Goal, ticks: int, start=START_M):
+    """Encode, plan, and move the ee to the plan's first predicted position, `ticks` times."""
+    ee, plans = np.asarray(start, dtype=float), []
+    for _ in range(ticks):
+        plan = plan_with.plan(model.encode(tiny_model.tiny_inputs(ee)), target)
+        ee = plan.ee_position_m[0]
+        plans.append(plan)
+    return ee, plans
+
+
+@pytest.mark.parametrize("method", ["mppi", "cem"])
+def test_reach_drives_the_predicted_ee_to_the_goal(model, method):
+    target = goal([0.58, 0.06, 0.14])
+    ee, plans = closed_loop(model, planner(model, method=method), target, ticks=15)
+    start_error = np.linalg.norm(START_M - target.pose.position_m)
+    assert np.linalg.norm(ee - target.pose.position_m) < 0.1 * start_error
+    first = plans[0]
+    assert first.actions.shape == (3, 4) and first.ee_position_m.shape == (3, 3)
+    assert np.all(first.actions >= model.action_space.low)
+    assert np.all(first.actions <= model.action_space.high)
+    assert set(first.predictions) == set(model.heads)
+
+
+@pytest.mark.parametrize("method", ["mppi", "cem"])
+def test_plan_costs_less_than_doing_nothing(model, method):
+    p = planner(model, method=method)
+    target = goal([0.56, -0.05, 0.17])
+    z = model.encode(tiny_model.tiny_inputs(START_M))
+    plan = p.plan(z, target)
+    rest = np.tile(p.rest_unit, (1, 3, 1))  # (1, H, A) normalised: no step, no force
+    rest_actions = p.to_physical(rest)
+    np.testing.assert_array_equal(rest_actions[0, :, :3], 0.0)
+    heads = model.rollout(z, rest_actions)
+    rest_cost = p.cost_for(target)(heads, rest_actions, rest, p.rest_unit)[0]
+    assert plan.cost < 0.8 * rest_cost
+
+
+def test_same_seed_same_plan_other_seed_other_plan(model):
+    z = model.encode(tiny_model.tiny_inputs(START_M))
+    target = goal([0.55, 0.05, 0.15])
+    a = [planner(model, seed=3).plan(z, target) for _ in range(2)]
+    np.testing.assert_array_equal(a[0].actions, a[1].actions)
+    assert a[0].cost == a[1].cost
+    other = planner(model, seed=4).plan(z, target)
+    assert not np.array_equal(other.actions, a[0].actions)
+    # reset() restores the seed and forgets the warm start
+    p = planner(model, seed=3)
+    p.plan(z, target)
+    p.reset()
+    np.testing.assert_array_equal(p.plan(z, target).actions, a[0].actions)
+
+
+def test_one_rollout_run_per_iteration_plus_the_final_prediction(model, monkeypatch):
+    calls = []
+    run = model.rollout_session.run
+
+    def counting_run(output_names, feed, *args):
+        calls.append(feed["actions"].shape)
+        return run(output_names, feed, *args)
+
+    monkeypatch.setattr(model.rollout_session, "run", counting_run)
+    p = planner(model, iterations=4, horizon=5)
+    p.plan(model.encode(tiny_model.tiny_inputs(START_M)), goal([0.55, 0.0, 0.2]))
+    assert calls == [(256, 5, 4)] * 4 + [(1, 5, 4)]
+
+
+def test_warm_start_shifts_the_previous_mean(model):
+    p = planner(model, horizon=4)
+    z = model.encode(tiny_model.tiny_inputs(START_M))
+    p.plan(z, goal([0.6, 0.0, 0.2]))
+    previous = p._previous_mean.copy()
+    mean = p._initial_mean(4)
+    np.testing.assert_array_equal(mean[:-1], previous[1:])
+    np.testing.assert_array_equal(mean[-1], previous[-1])
+    p.reset()
+    np.testing.assert_array_equal(p._initial_mean(4), np.tile(p.rest_unit, (4, 1)))
+
+
+def test_press_aligns_with_the_marker_and_presses_with_the_goal_force(model):
+    target = goal([0.5, 0.0, tiny_model.TABLE_Z_M], task="press", force_n=5.0)
+    p = planner(model, method="mppi")
+    ee, plans = closed_loop(model, p, target, ticks=25)
+    assert np.linalg.norm(ee[:2] - tiny_model.MARKER_M[:2]) < 0.01
+    assert ee[2] < tiny_model.CONTACT_BELOW_M
+    force = plans[-1].predictions["contact_force_n"][:, 0]
+    assert np.all(np.abs(force - 5.0) < 1.0)
+
+
+def test_push_moves_the_predicted_block_towards_the_goal(model):
+    block = tiny_model.BLOCK_M
+    target = goal([block[0] + 0.1, block[1], block[2]], task="push")
+    behind = block + np.array([-0.035, 0.0, 0.0])  # within the pad's reach of the block
+    _, plans = closed_loop(model, planner(model, horizon=5), target, ticks=1, start=behind)
+    moved = plans[0].predictions["block_position_m"][-1]
+    assert moved[0] - block[0] > 0.02  # pushed in +x, towards the goal
+    assert np.linalg.norm(moved[:2] - target.pose.position_m[:2]) < 0.08
+
+
+def test_workspace_penalty_keeps_predictions_in_the_box(model):
+    below_box = goal([0.5, 0.0, SAFETY.workspace_min_m[2] - 0.08])
+    ee, _ = closed_loop(model, planner(model), below_box, ticks=12)
+    assert ee[2] > SAFETY.workspace_min_m[2] - 0.003
+    unboxed = Planner(model, config())
+    ee, _ = closed_loop(model, unboxed, below_box, ticks=12)
+    assert ee[2] < SAFETY.workspace_min_m[2] - 0.03
+
+
+def test_non_finite_state_raises_and_does_not_poison_the_next_plan(model):
+    p = planner(model)
+    target = goal([0.55, 0.0, 0.2])
+    z = model.encode(tiny_model.tiny_inputs(START_M))
+    p.plan(z, target)
+    with pytest.raises(PlanningError, match="non-finite"):
+        p.plan(np.full_like(z, np.nan), target)
+    assert p._previous_mean is None
+    fine = p.plan(z, target)
+    assert np.all(np.isfinite(fine.actions)) and np.isfinite(fine.cost)
+
+
+def test_unknown_task_and_missing_head_are_named(model, tmp_path):
+    with pytest.raises(PlanningError, match="unknown task 'stack'"):
+        planner(model).plan(np.zeros((1, tiny_model.LATENT_DIM)), goal([0.5, 0, 0.2], "stack"))
+    reach_only = tiny_model.build_tiny_model(
+        tmp_path, int8=False, heads=("ee_position_m", "contact_force_n")
+    )
+    small = WorldModel.load(reach_only, providers=CPU)
+    z = small.encode(tiny_model.tiny_inputs(START_M))
+    assert np.all(np.isfinite(planner(small).plan(z, goal([0.55, 0, 0.2])).actions))
+    with pytest.raises(
+        PlanningError, match=r"'press' needs the model head\(s\) \['marker_rel_m'\]"
+    ):
+        planner(small).plan(z, goal([0.5, 0, 0], "press", force_n=5.0))
+
+
+def test_plan_flops_is_iterations_of_the_rollout(model):
+    cfg = config(iterations=6, horizon=3, samples=512, elites=64)
+    expected = 6 * model.rollout_flops(512, 3) + model.rollout_flops(1, 3)
+    assert plan_flops(model, cfg) == expected > 0
+
+
+def test_config_checks_elites_and_std():
+    with pytest.raises(ConfigError, match="'elites'"):
+        build_config(PlannerConfig, {"samples": 16, "elites": 32})
+    with pytest.raises(ConfigError, match="'min_std'"):
+        build_config(PlannerConfig, {"min_std": 3.0})
+    with pytest.raises(ConfigError, match="'method'"):
+        build_config(PlannerConfig, {"method": "random_shooting"})
