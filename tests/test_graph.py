@@ -55,9 +55,82 @@ def test_launch_arguments_reach_the_nodes(tmp_path):
     )
     by_name = {s.name: s for s in specs}
     assert by_name["tactile_node"].parameters["port"] == "/dev/ttyUSB3"
-    assert by_name["camera_node"].parameters["device"] == "/dev/video2"
-    assert by_name["runtime_node"].parameters["model_dir"] == "/m"
+    assert by_name["camera_node"].parameters["source"] == "/dev/video2"
+    assert by_name["runtime_node"].parameters["model.model_dir"] == "/m"
     assert by_name["robot_state_publisher"].external
+
+
+def _declared_parameters() -> dict[str, set[str]]:
+    """Parameter names each robot node declares, from the config dataclasses they use."""
+    import dataclasses
+
+    from wmpc.config import (
+        CameraConfig,
+        MicrophoneConfig,
+        ModelConfig,
+        RuntimeNodeConfig,
+        TactileConfig,
+    )
+
+    def names(cls, prefix=""):
+        return {prefix + f.name for f in dataclasses.fields(cls)}
+
+    return {
+        "tactile_node": names(TactileConfig),
+        "microphone_node": names(MicrophoneConfig),
+        "camera_node": names(CameraConfig),
+        "runtime_node": names(RuntimeNodeConfig) | names(ModelConfig, "model.") | {"use_sim_time"},
+    }
+
+
+def test_robot_arguments_map_onto_declared_driver_parameters(tmp_path):
+    given = {
+        "model": "/models/tiny",
+        "serial_port": "/dev/wmpc_skin",
+        "tactile_format": "ascii",
+        "camera_device": "/data/clip.avi",
+        "camera_calibration": "/cal/cam.yaml",
+        "camera_width": "64",
+        "camera_height": "48",
+        "camera_fps": "20",
+        "audio_file": "/data/knock.wav",
+        "loop_files": "true",
+    }
+    by_name = {s.name: s for s in graph.nodes("robot", given, share(tmp_path))}
+    assert dict(by_name["tactile_node"].parameters) == {
+        "port": "/dev/wmpc_skin",
+        "format": "ascii",
+    }
+    assert dict(by_name["camera_node"].parameters) == {
+        "source": "/data/clip.avi",
+        "calibration_file": "/cal/cam.yaml",
+        "width": 64,
+        "height": 48,
+        "fps": 20.0,
+        "loop": True,
+    }
+    assert dict(by_name["microphone_node"].parameters) == {
+        "file": "/data/knock.wav",
+        "loop": True,
+    }
+    # Every parameter the graph sets is one the node declares: a misspelt name would be
+    # dropped by rclpy without a word.
+    for name, declared in _declared_parameters().items():
+        assert set(by_name[name].parameters) <= declared, name
+    # Every robot launch argument reaches some node.
+    used = {"model", "params_file"} | {
+        arg for mapping in graph._ROBOT_DRIVER_ARGS.values() for arg, _ in mapping.values()
+    }
+    assert used == {a.name for a in graph.LAUNCH_ARGS["robot"]}
+
+
+def test_empty_robot_arguments_leave_the_parameter_files_in_charge(tmp_path):
+    specs = graph.nodes("robot", {"params_file": "/robot.yaml"}, share(tmp_path))
+    for spec in specs:
+        if spec.name in ("tactile_node", "microphone_node", "camera_node"):
+            assert dict(spec.parameters) == {}, spec.name
+            assert spec.parameter_files[0].endswith("config/drivers.yaml")
+            assert spec.parameter_files[-1] == "/robot.yaml"
 
 
 def test_params_file_is_applied_last(tmp_path):
@@ -73,6 +146,14 @@ def test_params_file_is_applied_last(tmp_path):
         ("moon", {}, "unknown setup"),
         ("sim", {"speed": "2"}, "unknown launch argument"),
         ("replay", {}, "bag:="),
+        ("robot", {"camera_fps": "fast"}, "camera_fps:='fast' must be a number > 0"),
+        ("robot", {"camera_width": "-640"}, "camera_width:='-640' must be a whole number"),
+        ("robot", {"camera_height": "4.5"}, "camera_height:='4.5' must be a whole number"),
+        ("robot", {"camera_fps": "nan"}, "camera_fps:='nan'"),
+        ("robot", {"loop_files": "yes"}, "loop_files:='yes' must be true or false"),
+        ("robot", {"tactile_format": "csv"}, "tactile_format:='csv' must be one of"),
+        ("robot", {"audio_device": "1", "audio_file": "/a.wav"}, "not both"),
+        ("robot", {"camera_info": "/c.yaml"}, "unknown launch argument"),
     ],
 )
 def test_bad_launch_requests(tmp_path, setup, given, fragment):
@@ -104,6 +185,16 @@ def test_ros_args_carry_name_files_params_and_remaps():
         "-r",
         "/in:=/out",
     ]
+
+
+@pytest.mark.parametrize("text", ["0", "2", "true", "1.5", "", "null", "a: b", "[x", "it's"])
+def test_string_parameters_stay_strings_on_the_command_line(text):
+    """rcl reads `-p NAME:=VALUE` as YAML: a camera index '0' must not become an int."""
+    import yaml
+
+    spec = graph.NodeSpec("wmpc", "x", "n", parameters={"source": text})
+    value = graph.ros_args(spec)[-1].split(":=", 1)[1]
+    assert yaml.safe_load(value) == text
 
 
 def test_parse_launch_args():
@@ -161,6 +252,16 @@ def _launch_stubs(recorded: list) -> dict[str, types.ModuleType]:
 
     subs.LaunchConfiguration = LaunchConfiguration
     launch_ros = types.ModuleType("launch_ros")
+    descriptions = types.ModuleType("launch_ros.parameter_descriptions")
+
+    class ParameterValue:
+        def __init__(self, value, *, value_type=None):
+            self.value, self.value_type = value, value_type
+
+        def __eq__(self, other):
+            return self.value == other and self.value_type is str
+
+    descriptions.ParameterValue = ParameterValue
     ros_actions = types.ModuleType("launch_ros.actions")
     ros_actions.Node = recorder("Node", node_sig)
     # LifecycleNode(*, name, node_name=None, **kwargs) forwards everything else to Node.
@@ -171,6 +272,7 @@ def _launch_stubs(recorded: list) -> dict[str, types.ModuleType]:
         "launch.substitutions": subs,
         "launch_ros": launch_ros,
         "launch_ros.actions": ros_actions,
+        "launch_ros.parameter_descriptions": descriptions,
     }
 
 
@@ -205,7 +307,11 @@ def test_launch_file_builds_the_graph_nodes(tmp_path, monkeypatch, setup):
     assert [n.kwargs["name"] for n in nodes] == [s.name for s in expected]
     for node, spec_ in zip(nodes, expected, strict=True):
         assert node.kwargs["executable"] == spec_.executable
-        assert node.kwargs["parameters"] == [*spec_.parameter_files, dict(spec_.parameters)]
+        *files, values = node.kwargs["parameters"]
+        assert files == list(spec_.parameter_files)
+        assert values == dict(spec_.parameters)
+        for value in values.values():  # strings are typed, so "0" cannot become an int
+            assert not isinstance(value, str)
         assert (type(node).__name__ == "LifecycleNode") == spec_.lifecycle
 
 
@@ -255,11 +361,33 @@ def test_launcher_prefixes_output_and_stops_on_interrupt(tmp_path, monkeypatch, 
     import threading
 
     threading.Thread(target=interrupt_soon, daemon=True).start()
-    group.run()
+    assert group.run() == 0, "a clean stop of a healthy graph is exit code 0"
     out = capfd.readouterr().out
     assert "[alpha] hello from alpha" in out and "[beta] hello from beta" in out
     assert "[alpha] got SIGINT" in out and "[beta] got SIGINT" in out
+    assert "[alpha] exited with code 0" in out and "[beta] exited with code 0" in out
     assert "[extern] skipped" in out
+
+
+def test_launcher_interrupt_reports_a_node_that_did_not_stop_cleanly(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(_fake_prefix(tmp_path)))
+    specs = [
+        graph.NodeSpec("demo_pkg", "talker", "alpha"),
+        graph.NodeSpec("demo_pkg", "talker", "crasher", arguments=("--exit-soon",)),
+    ]
+    group = NodeProcessGroup(specs, stop_timeout_s=5)
+
+    def interrupt_soon():
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+
+    threading.Thread(target=interrupt_soon, daemon=True).start()
+    assert group.run() == 1
+    out = capfd.readouterr().out
+    assert "[crasher] exited with code 3" in out and "[alpha] exited with code 0" in out
+    assert "[launch] not stopped cleanly: crasher (3)" in out
 
 
 def test_launcher_shutdown_node_ends_the_setup(tmp_path, monkeypatch, capfd):

@@ -330,3 +330,40 @@ def _budget_name(config) -> str:
 
 
 SECTIONS["planner"] = planner_section
+
+
+def e2e_section(args) -> dict:
+    """Sensor stamp -> command publish latency through DDS with a real runtime_node process."""
+    from wmpc.nodes.bench_e2e import measure
+
+    return measure(args.model, duration_s=float(args.e2e_seconds))
+
+
+def replay_section(args) -> dict:
+    """Replay throughput flat out (640x480 images) and offline evaluate speed."""
+    from wmpc.bag.player import bench_replay
+
+    figures = {
+        k: v for k, v in bench_replay().items() if k.startswith(("replay_", "spacing_"))
+    }
+    from wmpc.evaluate import bench_evaluate
+
+    bag = args.bag
+    if not bag:
+        import tempfile
+
+        from wmpc.cli import main as wmpc_main
+
+        # A 10 s press episode by the scripted expert, recorded as `wmpc collect` does.
+        out = Path(tempfile.mkdtemp(prefix="wmpc_bench_")) / "episodes"
+        argv = ["collect", str(out), "--episodes", "1", "--seed", "7"]
+        argv += ["--tasks", "press", "--controllers", "expert", "--linger-s", "3"]
+        if wmpc_main(argv) != 0:
+            raise BenchError("recording the evaluation bag with `wmpc collect` failed")
+        bag = str(next(p for p in sorted(out.iterdir()) if p.is_dir()))
+    figures.update(bench_evaluate(bag, args.model))
+    return figures
+
+
+SECTIONS["e2e"] = e2e_section
+SECTIONS["replay"] = replay_section

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
 from wmpc.errors import WmpcError
 
 PACKAGE = "wmpc"
@@ -58,13 +60,70 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
         LaunchArg("seed", "0", "episode seed for the simulator"),
         LaunchArg("controller", "wmpc", "who drives the arm: wmpc (runtime node) or expert"),
     ),
+    # Each driver argument sets one driver parameter (named in its description). Empty means
+    # "as configured": the value from config/drivers.yaml or params_file, whose defaults are
+    # declared once in wmpc.config, so nothing here can drift from them.
     "robot": (
         LaunchArg("model", "", "model directory (with manifest.json); empty = shipped default"),
         LaunchArg("params_file", "", "extra ros__parameters YAML applied after the defaults"),
-        LaunchArg("serial_port", "/dev/ttyACM0", "serial port of the tactile skin"),
-        LaunchArg("camera_device", "/dev/video0", "V4L2 device or video file for the camera"),
-        LaunchArg("camera_info", "", "camera calibration YAML (camera_calibration_parsers)"),
-        LaunchArg("audio_device", "", "PortAudio input device name or index; empty = default"),
+        LaunchArg(
+            "serial_port",
+            "",
+            "serial device of the tactile skin, e.g. /dev/ttyACM0 or a udev symlink "
+            "(tactile_node 'port'; empty = as configured)",
+        ),
+        LaunchArg(
+            "tactile_format",
+            "",
+            "skin frame format: binary (float32 + CRLF) or ascii (tab-separated + CRLF) "
+            "(tactile_node 'format'; empty = as configured)",
+        ),
+        LaunchArg(
+            "camera_device",
+            "",
+            "V4L2 device (/dev/video0), device index (0) or video file "
+            "(camera_node 'source'; empty = as configured)",
+        ),
+        LaunchArg(
+            "camera_calibration",
+            "",
+            "camera calibration YAML in the camera_calibration_parsers format "
+            "(camera_node 'calibration_file'; empty = as configured, uncalibrated by default)",
+        ),
+        LaunchArg(
+            "camera_width",
+            "",
+            "requested image width in pixels (camera_node 'width'; empty = as configured)",
+        ),
+        LaunchArg(
+            "camera_height",
+            "",
+            "requested image height in pixels (camera_node 'height'; empty = as configured)",
+        ),
+        LaunchArg(
+            "camera_fps",
+            "",
+            "requested frame rate; one the device cannot give is reported "
+            "(camera_node 'fps'; empty = as configured)",
+        ),
+        LaunchArg(
+            "audio_device",
+            "",
+            "PortAudio input device: index or part of its name "
+            "(microphone_node 'device'; empty = as configured, the system default)",
+        ),
+        LaunchArg(
+            "audio_file",
+            "",
+            "WAV file replayed in real time instead of capturing from a sound card "
+            "(microphone_node 'file'); not together with audio_device",
+        ),
+        LaunchArg(
+            "loop_files",
+            "",
+            "true: replay audio_file and a video camera_device in a loop; false: stop at "
+            "their end (microphone_node and camera_node 'loop'; empty = as configured)",
+        ),
     ),
     "replay": (
         LaunchArg("bag", "", "rosbag2 bag directory to replay (required)"),
@@ -82,7 +141,9 @@ def _config(share: Path, name: str) -> str:
 def _runtime(share: Path, args: Mapping[str, str], use_sim_time: bool) -> NodeSpec:
     params: dict[str, object] = {"use_sim_time": use_sim_time, "autostart": True}
     if args.get("model"):
-        params["model_dir"] = args["model"]
+        # The runtime declares ModelConfig under the 'model.' prefix; an undeclared name
+        # would be dropped by rclpy without a word.
+        params["model.model_dir"] = args["model"]
     return NodeSpec(
         PACKAGE,
         "runtime_node",
@@ -145,25 +206,14 @@ def nodes(setup: str, given: Mapping[str, str], share: Path) -> list[NodeSpec]:
             graph.append(_with_files(_runtime(share, args, True), extra))
         return graph
     if setup == "robot":
-        drivers = _config(share, "drivers.yaml")
-        camera_params: dict[str, object] = {"device": args["camera_device"]}
-        if args["camera_info"]:
-            camera_params["camera_info_url"] = args["camera_info"]
-        audio_params: dict[str, object] = {}
-        if args["audio_device"]:
-            audio_params["device"] = args["audio_device"]
+        drivers = (_config(share, "drivers.yaml"), *extra)
+        params = _robot_driver_params(args)
         return [
+            NodeSpec(PACKAGE, "tactile_node", "tactile_node", drivers, params["tactile_node"]),
             NodeSpec(
-                PACKAGE,
-                "tactile_node",
-                "tactile_node",
-                (drivers, *extra),
-                {"port": args["serial_port"]},
+                PACKAGE, "microphone_node", "microphone_node", drivers, params["microphone_node"]
             ),
-            NodeSpec(
-                PACKAGE, "microphone_node", "microphone_node", (drivers, *extra), audio_params
-            ),
-            NodeSpec(PACKAGE, "camera_node", "camera_node", (drivers, *extra), camera_params),
+            NodeSpec(PACKAGE, "camera_node", "camera_node", drivers, params["camera_node"]),
             _robot_state_publisher(share, False),
             _with_files(_runtime(share, args, False), extra),
         ]
@@ -181,9 +231,86 @@ def nodes(setup: str, given: Mapping[str, str], share: Path) -> list[NodeSpec]:
     return [replay, _with_files(_runtime(share, args, True), extra)]
 
 
+# robot: driver node -> parameter -> (launch argument, parse). Only non-empty arguments
+# become parameters, so an empty one leaves the parameter files in charge.
+_ROBOT_DRIVER_ARGS: dict[str, dict[str, tuple[str, type]]] = {
+    "tactile_node": {"port": ("serial_port", str), "format": ("tactile_format", str)},
+    "microphone_node": {
+        "device": ("audio_device", str),
+        "file": ("audio_file", str),
+        "loop": ("loop_files", bool),
+    },
+    "camera_node": {
+        "source": ("camera_device", str),
+        "calibration_file": ("camera_calibration", str),
+        "width": ("camera_width", int),
+        "height": ("camera_height", int),
+        "fps": ("camera_fps", float),
+        "loop": ("loop_files", bool),
+    },
+}
+_CHOICES = {"tactile_format": ("binary", "ascii")}
+
+
+def _parse_arg(name: str, text: str, kind: type) -> object:
+    """A launch argument's string as `kind`; GraphError naming the argument if it is not."""
+    choices = _CHOICES.get(name)
+    if choices and text not in choices:
+        raise GraphError(f"launch argument {name}:={text!r} must be one of {list(choices)}")
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise GraphError(f"launch argument {name}:={text!r} must be true or false")
+        return text.lower() == "true"
+    if kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            noun = "whole number" if kind is int else "number"
+            raise GraphError(f"launch argument {name}:={text!r} must be a {noun} > 0")
+        return value
+    return text
+
+
+def _robot_driver_params(args: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """Parameters of each driver node from the robot setup's non-empty launch arguments."""
+    if args["audio_device"] and args["audio_file"]:
+        raise GraphError(
+            "give audio_device:= (a sound card) or audio_file:= (a WAV replay), not both"
+        )
+    return {
+        node: {
+            parameter: _parse_arg(arg, args[arg], kind)
+            for parameter, (arg, kind) in mapping.items()
+            if args[arg]
+        }
+        for node, mapping in _ROBOT_DRIVER_ARGS.items()
+    }
+
+
 def _with_files(spec: NodeSpec, extra: tuple[str, ...]) -> NodeSpec:
     """`spec` with the user's parameter file applied after its defaults."""
     return replace(spec, parameter_files=(*spec.parameter_files, *extra))
+
+
+def _param_text(value: object) -> str:
+    """`value` as rcl reads a `-p NAME:=VALUE` value (YAML), keeping its type."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and not _reads_as_itself(value):
+        # '0' (a camera index), 'true' or '' would reach the node as int, bool or nothing:
+        # a quoted YAML string stays a string.
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def _reads_as_itself(text: str) -> bool:
+    """True when YAML reads `text` back as the same string."""
+    try:
+        return yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        return False
 
 
 def ros_args(spec: NodeSpec) -> list[str]:
@@ -192,8 +319,7 @@ def ros_args(spec: NodeSpec) -> list[str]:
     for path in spec.parameter_files:
         out += ["--params-file", path]
     for key, value in spec.parameters.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        out += ["-p", f"{key}:={text}"]
+        out += ["-p", f"{key}:={_param_text(value)}"]
     for src, dst in spec.remappings:
         out += ["-r", f"{src}:={dst}"]
     return out

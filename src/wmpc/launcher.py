@@ -47,6 +47,7 @@ class NodeProcessGroup:
         self.specs = specs
         self.stop_timeout_s = stop_timeout_s
         self._print_lock = threading.Lock()
+        self._reported: set[int] = set()  # pids whose exit was already printed
 
     def commands(self) -> list[tuple[NodeSpec, list[str] | None]]:
         """(spec, argv) per node; argv is None for an external node that is not installed."""
@@ -83,12 +84,17 @@ class NodeProcessGroup:
         stream.close()
 
     def run(self) -> int:
-        """Start all nodes, wait until Ctrl-C/SIGTERM or a shutdown node exits; return code."""
+        """Start all nodes, wait until Ctrl-C/SIGTERM or a shutdown node exits; return code.
+
+        After Ctrl-C the code is 0 when every node ended cleanly (exit code 0, or killed by
+        our SIGINT), else 1; otherwise it is the exit code that ended the setup.
+        """
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         procs: list[tuple[NodeSpec, subprocess.Popen]] = []
         pumps: list[threading.Thread] = []
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         code = 0
+        interrupted = False
         try:
             for spec, argv in self.commands():
                 if argv is None:
@@ -115,16 +121,34 @@ class NodeProcessGroup:
                 pumps.append(thread)
             code = self._wait(procs)
         except KeyboardInterrupt:
+            interrupted = True
             self._say("launch", "stopping all nodes")
         finally:
             self._stop(procs)
             for thread in pumps:
                 thread.join(timeout=2)
+            self._report_exits(procs)
             signal.signal(signal.SIGTERM, previous)
+        if interrupted:
+            unclean = [
+                f"{s.name} ({p.returncode})"
+                for s, p in procs
+                if p.returncode not in (0, -signal.SIGINT)
+            ]
+            if unclean:
+                self._say("launch", "not stopped cleanly: " + ", ".join(unclean))
+                return 1
         return code
 
+    def _report_exits(self, procs: list[tuple[NodeSpec, subprocess.Popen]]) -> None:
+        """Print the exit code of every node that ended and was not reported yet."""
+        for spec, proc in procs:
+            rc = proc.poll()
+            if rc is not None and proc.pid not in self._reported:
+                self._reported.add(proc.pid)
+                self._say(spec.name, f"exited with code {rc}")
+
     def _wait(self, procs: list[tuple[NodeSpec, subprocess.Popen]]) -> int:
-        reported: set[int] = set()
         while True:
             running = 0
             for spec, proc in procs:
@@ -132,8 +156,8 @@ class NodeProcessGroup:
                 if rc is None:
                     running += 1
                     continue
-                if proc.pid not in reported:
-                    reported.add(proc.pid)
+                if proc.pid not in self._reported:
+                    self._reported.add(proc.pid)
                     self._say(spec.name, f"exited with code {rc}")
                     if spec.shutdown_on_exit:
                         self._say("launch", f"{spec.name} finished: shutting down")
@@ -150,8 +174,13 @@ class NodeProcessGroup:
             for _, proc in alive:
                 proc.send_signal(sig)
             deadline = time.monotonic() + self.stop_timeout_s
-            while time.monotonic() < deadline and any(p.poll() is None for _, p in alive):
-                time.sleep(0.05)
+            try:
+                while time.monotonic() < deadline and any(p.poll() is None for _, p in alive):
+                    time.sleep(0.05)
+            except KeyboardInterrupt:
+                # A second Ctrl-C means hurry: go on to the next signal at once. Leaving here
+                # would orphan the nodes, which sit in their own sessions out of Ctrl-C's reach.
+                self._say("launch", "interrupted again: sending the next signal now")
             for spec, proc in alive:
                 if proc.poll() is None and sig != signal.SIGKILL:
                     self._say(spec.name, f"still running after {sig.name}; escalating")

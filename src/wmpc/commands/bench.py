@@ -33,6 +33,20 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=200, metavar="N", help="timed plans per figure (200)"
     )
+    parser.add_argument(
+        "--e2e-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="measured seconds of the e2e section, after a 5 s warm-up (20)",
+    )
+    parser.add_argument(
+        "--bag",
+        default="",
+        metavar="DIR",
+        help="bag for the evaluate figure of the replay section (default: one recorded "
+        "from the simulator on the fly)",
+    )
 
 
 def run(args) -> int:

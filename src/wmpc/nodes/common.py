@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -103,33 +104,36 @@ class RateLimitedLog:
             self._node.get_logger().error(message + suffix)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     """Init rclpy, spin the node until Ctrl-C, SIGTERM or external shutdown; return exit code.
 
     A ConfigError at construction prints one line naming the parameter and returns 2.
     """
     # rclpy's own SIGINT handler would shut the context down before `close()` runs, and a
-    # node could no longer publish its last words (the runtime's hold). Ours raise instead;
+    # node could no longer publish its last words (the runtime's hold). Ours only set a
+    # flag: an exception raised at an arbitrary point could land inside the executor while
+    # it starts a worker thread, and that orphaned thread then blocks interpreter exit.
     # SIGTERM (from `wmpc launch` or ros2 launch) ends the spin like Ctrl-C does.
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = None
+    executor = None
     try:
         node = make_node()
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=5)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:

@@ -13,8 +13,17 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from wmpc import graph
+
+
+def _typed(parameters) -> dict:
+    """Strings stay strings: launch_ros reads plain string values as YAML ("0" -> int)."""
+    return {
+        k: ParameterValue(v, value_type=str) if isinstance(v, str) else v
+        for k, v in parameters.items()
+    }
 
 
 def to_action(spec: graph.NodeSpec):
@@ -23,7 +32,7 @@ def to_action(spec: graph.NodeSpec):
         "package": spec.package,
         "executable": spec.executable,
         "name": spec.name,
-        "parameters": [*spec.parameter_files, dict(spec.parameters)],
+        "parameters": [*spec.parameter_files, _typed(spec.parameters)],
         "remappings": list(spec.remappings),
         "arguments": list(spec.arguments),
         "output": "screen",

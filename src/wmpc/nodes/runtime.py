@@ -94,6 +94,7 @@ class RuntimeNode(LifecycleNode):
         self._violation_counts: dict[str, int] = {}
         self._last: TickResult | None = None
         self._inference_failures = 0
+        self._reset_pending = False
         self._lock = threading.Lock()
         configured = self.config.autostart and self.trigger_configure()
         if configured == TransitionCallbackReturn.SUCCESS:
@@ -232,6 +233,13 @@ class RuntimeNode(LifecycleNode):
         except codecs.CodecError as exc:
             self.errors.error("/wmpc/goal", f"rejected goal: {exc}")
             return
+        previous = self._goal_pose
+        moved = previous is None or np.linalg.norm(pose.position_m - previous.position_m) > 1e-3
+        if moved and previous is not None:
+            # A new goal starts a new plan: the tick thread drops the warm start, the last
+            # command and the buffered samples before it plans again (an episode reset in
+            # simulation teleports the arm, and the old target must not pull it back).
+            self._reset_pending = True
         self._goal_pose = pose
 
     def _on_goal_wrench(self, msg: WrenchStamped) -> None:
@@ -272,6 +280,10 @@ class RuntimeNode(LifecycleNode):
         loop = self.loop
         if loop is None:
             return
+        if self._reset_pending:
+            self._reset_pending = False
+            loop.reset()
+            self.get_logger().info("new goal: plan, last command and sensor buffer reset")
         result = loop.tick(now_s(self), self._goal())
         self._publish(result)
         with self._lock:
