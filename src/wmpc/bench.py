@@ -367,3 +367,113 @@ def replay_section(args) -> dict:
 
 SECTIONS["e2e"] = e2e_section
 SECTIONS["replay"] = replay_section
+
+
+# ---- sim ---------------------------------------------------------------------------------------
+
+SIM_TASK = "press"  # contact makes audio clicks and tactile load, so every sensor has work
+SIM_SEED = 0
+SIM_RENDER_HW = (480, 640)
+SIM_RENDER_REPEATS = 30
+# A seed whose first three `wmpc collect` episodes are reach, press and push.
+COLLECT_SEED = 1
+COLLECT_EPISODE_SIM_S = 4.0  # about how long a collected episode runs, to size the run
+
+
+def sim_section(args) -> dict:
+    """Sim node RTF with every sensor over DDS, headless and collection speed, render time."""
+    import os
+
+    from wmpc.nodes.bench_sim import measure_sim_node
+
+    sim_seconds = float(args.sim_seconds)
+    if not sim_seconds > 0:
+        raise BenchError(f"--sim-seconds = {sim_seconds}: need a positive sim duration")
+    figures: dict[str, float | int] = {"sim_load_avg_1min": os.getloadavg()[0]}
+    _say(f"sim: one {SIM_RENDER_HW[1]}x{SIM_RENDER_HW[0]} camera render ...")
+    figures["sim_render_ms_640x480"] = _sim_render_ms(SIM_RENDER_HW, SIM_RENDER_REPEATS)
+    _say(f"sim: headless {SIM_TASK} episodes (physics + expert) for {sim_seconds:g} s sim ...")
+    figures.update(_sim_headless(sim_seconds))
+    _say(
+        f"sim: sim_node flat out with every sensor on (640x480 camera at 30 Hz) and a DDS "
+        f"listener process, {sim_seconds:g} s sim ..."
+    )
+    figures.update(measure_sim_node(sim_seconds, SIM_TASK, SIM_SEED))
+    _say("sim: headless `wmpc collect` at the model's input resolution ...")
+    figures.update(_collect_speed(sim_seconds))
+    return figures
+
+
+def _sim_render_ms(height_width: tuple[int, int], repeats: int) -> float:
+    """Median time (ms) of one offscreen camera render of the sim scene at that size."""
+    from wmpc.config import SimConfig
+    from wmpc.sim.world import SimWorld
+
+    height, width = height_width
+    world = SimWorld(SimConfig(camera_width=width, camera_height=height), SIM_SEED)
+    try:
+        world.reset(SIM_TASK, SIM_SEED)
+        p50_ms, _ = percentiles_ms(time_calls(world.read_camera, repeats, warmup=3))
+    finally:
+        world.close()
+    return p50_ms
+
+
+def _sim_headless(sim_seconds: float) -> dict:
+    """Physics + scripted expert without sensors: sim s per wall s and per CPU s."""
+    from wmpc.sim.episodes import run_episodes
+
+    # The first episode is a warm-up (scene built, caches filled); the clock runs from its end.
+    marks: list[tuple[float, float, float]] = []
+
+    def mark(_index: int, result: dict) -> None:
+        marks.append((result["sim_s"], time.perf_counter(), time.process_time()))
+
+    episode_sim_s = 3.0  # the expert's press episodes end on success after about this long
+    episodes = 1 + max(1, int(np.ceil(sim_seconds / episode_sim_s)))
+    run_episodes(SIM_TASK, "expert", episodes, SIM_SEED, progress=mark)
+    sim_s = sum(m[0] for m in marks[1:])
+    wall_s = marks[-1][1] - marks[0][1]
+    cpu_s = marks[-1][2] - marks[0][2]
+    return {"sim_headless_rtf": sim_s / wall_s, "sim_headless_cpu_rtf": sim_s / cpu_s}
+
+
+def _collect_speed(sim_seconds: float) -> dict:
+    """`wmpc collect` (default task and controller mix) into a temp dir: sim s per wall s."""
+    import contextlib
+    import importlib
+    import json
+    import tempfile
+
+    from wmpc.cli import main as wmpc_main
+
+    # What collect imports is imported before the clock starts: import time is not
+    # collection time.
+    for module in ("wmpc.commands.collect", "wmpc.sim.world", "wmpc.training.dataset"):
+        importlib.import_module(module)
+    episodes = max(1, int(np.ceil(sim_seconds / COLLECT_EPISODE_SIM_S)))
+    with tempfile.TemporaryDirectory(prefix="wmpc_bench_collect_") as tmp:
+        out = Path(tmp) / "episodes"
+        argv = ["collect", str(out), "--episodes", str(episodes), "--seed", str(COLLECT_SEED)]
+        # collect reports on stdout; the bench's stdout is for its own figures (--json).
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        with contextlib.redirect_stdout(sys.stderr):
+            code = wmpc_main(argv)
+        wall_s = time.perf_counter() - wall_start
+        cpu_s = time.process_time() - cpu_start
+        if code != 0:
+            raise BenchError(f"`wmpc {' '.join(argv)}` failed with exit code {code}")
+        infos = [json.loads(p.read_text()) for p in sorted(out.glob("episode_*/episode.json"))]
+    if len(infos) != episodes:
+        raise BenchError(f"`wmpc collect` recorded {len(infos)} of {episodes} episodes")
+    sim_s = sum(info["sim_s"] for info in infos)
+    # The whole run (world and renderer built, bags written), imports excluded.
+    return {
+        "collect_rtf": sim_s / wall_s,
+        "collect_cpu_rtf": sim_s / cpu_s,
+        "collect_episodes": episodes,
+        "collect_sim_s": sim_s,
+    }
+
+
+SECTIONS["sim"] = sim_section

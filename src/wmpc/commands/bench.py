@@ -41,6 +41,13 @@ def add_arguments(parser) -> None:
         help="measured seconds of the e2e section, after a 5 s warm-up (20)",
     )
     parser.add_argument(
+        "--sim-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="sim seconds each measurement of the sim section runs, after its warm-up (10)",
+    )
+    parser.add_argument(
         "--bag",
         default="",
         metavar="DIR",
