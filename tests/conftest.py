@@ -17,6 +17,7 @@ import pytest
 # 1..100: within Fast DDS's port range; derived from the pid so parallel sessions differ.
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # as the nodes use
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -259,3 +260,27 @@ def synthetic_bags(tmp_path_factory) -> Path:
     for seed in range(4):
         write_synthetic_bag(root / f"episode_{seed:04d}", seed)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_bags, tmp_path_factory):
+    """A tiny model trained for 2 epochs on synthetic_bags (32 x 32 images), exported.
+
+    Returns (TrainResult, folder with encoder.onnx and rollout.onnx, held-out episodes,
+    Preprocessor). The small images keep the convolutions, most of the cost, cheap.
+    """
+    from wmpc.config import PreprocessConfig, TrainConfig
+    from wmpc.preprocess import Preprocessor
+    from wmpc.training import export, train
+    from wmpc.training.dataset import DatasetSettings, prepare_episodes
+
+    settings = DatasetSettings(preprocess=PreprocessConfig(image_height=32, image_width=32))
+    config = TrainConfig(
+        epochs=2, batch_size=32, horizon=2, hidden_dim=32, latent_dim=16, num_threads=1
+    )
+    episodes = prepare_episodes(synthetic_bags, settings)
+    train_eps, held = train.split_episodes(episodes, 0.25, 0)
+    result = train.train(train_eps, held, config, settings.preprocess, progress=lambda _: None)
+    out = tmp_path_factory.mktemp("tiny_model")
+    export.export_model(result.net, out)
+    return result, out, held, Preprocessor(result.modalities, result.normalisation)

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     # MuJoCo picks its GL backend at import: render offscreen unless the user chose otherwise.
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # Camera frames between processes: see wmpc.nodes.common.use_large_data_transport.
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     from wmpc.paths import ensure_venv_prefix
 
     ensure_venv_prefix()
