@@ -233,12 +233,10 @@ class RuntimeNode(LifecycleNode):
         except codecs.CodecError as exc:
             self.errors.error("/wmpc/goal", f"rejected goal: {exc}")
             return
-        previous = self._goal_pose
-        moved = previous is None or np.linalg.norm(pose.position_m - previous.position_m) > 1e-3
-        if moved and previous is not None:
-            # A new goal starts a new plan: the tick thread drops the warm start, the last
-            # command and the buffered samples before it plans again (an episode reset in
-            # simulation teleports the arm, and the old target must not pull it back).
+        if self._goal_pose is not None:
+            # Each goal message starts a new plan: the tick thread drops the warm start, the
+            # last command and the buffered samples before it plans again (an episode reset
+            # in simulation teleports the arm, and the old target must not pull it back).
             self._reset_pending = True
         self._goal_pose = pose
 
