@@ -424,8 +424,10 @@ class SimConfig:
         positive,
     )
     camera_name: str = param("scene_cam", "MuJoCo camera rendered by read_camera()", _non_empty)
-    camera_width: int = param(128, "rendered image width in pixels", positive)
-    camera_height: int = param(128, "rendered image height in pixels", positive)
+    # 4:3 like the 640x480 the sim node publishes: MuJoCo's horizontal field of view follows
+    # the aspect ratio, so training renders and runtime renders must share it.
+    camera_width: int = param(160, "rendered image width in pixels", positive)
+    camera_height: int = param(120, "rendered image height in pixels", positive)
     tactile_noise_std_n: float = param(
         0.02, "Gaussian noise added to each taxel channel (N)", non_negative
     )
@@ -675,7 +677,8 @@ class TrainConfig:
     )
     max_wall_s: float = param(
         0.0,
-        "stop after this much training time, at an epoch's end (0 = no limit)",
+        "stop training after this long; the learning rate then decays over this time "
+        "(0 = no limit, and runs are reproducible)",
         non_negative,
     )
     log_period_s: float = param(10.0, "seconds between progress lines", positive)
@@ -832,11 +835,19 @@ class ModelConfig:
         each_one_of("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
     )
     intra_op_threads: int = param(
-        0, "ONNX Runtime threads per operator (0 = ONNX Runtime's default)", non_negative
+        1,
+        "ONNX Runtime threads per operator (0 = one per core); 1 leaves the other cores to "
+        "DDS and the sensor callbacks, and the planner's matrices are too small to split",
+        non_negative,
     )
     device_id: int = param(0, "CUDA device of the TensorRT and CUDA providers", non_negative)
     trt_engine_cache_dir: str = param(
         "", "where TensorRT engines are cached ('' = ~/.cache/wmpc/trt)"
+    )
+    qdq_cleanup: bool = param(
+        True,
+        "on the CPU provider, let ONNX Runtime drop the int8 graph's Q/DQ pairs its int8 "
+        "kernels do not use (faster, and closer to fp32); off = run the Q/DQ graph as written",
     )
 
 
