@@ -1,0 +1,216 @@
+"""sim_node over real DDS: commands move the arm, the e-stop holds it, topics are consistent."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Bool
+
+from wmpc import codecs, types
+from wmpc.config import ConfigError
+from wmpc.nodes.common import COMMAND_QOS, LATCHED_QOS
+
+pytestmark = pytest.mark.dds
+
+
+def sim_node(ros, **params):
+    """A SimNode in the harness's context, small camera unless asked, spinning."""
+    from wmpc.nodes.sim import SimNode
+
+    values = {"camera_width": 64, "camera_height": 48, **params}
+    overrides = [Parameter(k, value=v) for k, v in values.items()]
+    return ros.add(SimNode(context=ros.context, parameter_overrides=overrides))
+
+
+def latest_position(poses: list) -> np.ndarray:
+    """Position of the newest /arm/ee_pose received."""
+    return codecs.pose_from_msg(poses[-1])[1].position_m
+
+
+def test_pose_command_moves_the_arm_and_estop_holds_it(ros):
+    node = sim_node(ros, real_time_factor=1.0, camera_rate_hz=5.0)
+    poses = ros.collect(PoseStamped, "/arm/ee_pose")
+    talker = ros.node("commander")
+    command_pub = talker.create_publisher(PoseStamped, "/arm/pose_command", COMMAND_QOS)
+    estop_pub = talker.create_publisher(Bool, "/wmpc/estop", LATCHED_QOS)
+    ros.wait_until(lambda: len(poses) > 5, 10.0, "/arm/ee_pose from sim_node")
+    start_m = latest_position(poses)
+
+    def command_until(target_m, done, timeout_s, what):
+        """Send the target at 20 Hz (a controller's rate) until done() or fail naming what."""
+        deadline = time.monotonic() + timeout_s
+        pose = types.Pose(np.asarray(target_m, dtype=float), types.TOOL_DOWN_XYZW)
+        while time.monotonic() < deadline:
+            command_pub.publish(codecs.pose_to_msg(pose, 0.0))
+            if done():
+                return
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}; ee at {latest_position(poses)}")
+
+    target_m = start_m + np.array([0.06, -0.04, -0.05])
+    command_until(
+        target_m,
+        lambda: np.linalg.norm(latest_position(poses) - target_m) < 0.01,
+        10.0,
+        "the end effector to reach the commanded pose",
+    )
+
+    estop_pub.publish(Bool(data=True))
+    ros.wait_until(lambda: node._estop, 5.0, "sim_node to see the e-stop")
+    held_m = latest_position(poses)
+    sim_start_s = node.time_s
+    # Commands keep coming (towards the start) for 1 s of sim time; the arm must not follow.
+    command_until(start_m, lambda: node.time_s - sim_start_s > 1.0, 10.0, "1 s under e-stop")
+    assert np.linalg.norm(latest_position(poses) - held_m) < 0.005
+
+    estop_pub.publish(Bool(data=False))
+    command_until(
+        start_m,
+        lambda: np.linalg.norm(latest_position(poses) - start_m) < 0.01,
+        10.0,
+        "the arm to move again after the e-stop was released",
+    )
+
+
+def test_goal_is_latched_and_camera_info_matches_the_image(ros):
+    node = sim_node(ros, real_time_factor=1.0, camera_width=80, camera_height=60, task="press")
+    images = ros.collect(Image, "/camera/image_raw")
+    infos = ros.collect(CameraInfo, "/camera/camera_info")
+    ros.wait_until(lambda: images and infos, 10.0, "an image and its camera_info")
+    # A subscriber that joins late still gets the goal (transient local).
+    goals = ros.collect(PoseStamped, "/wmpc/goal", LATCHED_QOS)
+    ros.wait_until(lambda: goals, 5.0, "the latched /wmpc/goal")
+    _, goal = codecs.pose_from_msg(goals[-1])
+    np.testing.assert_allclose(goal.position_m, node.world.goal.pose.position_m)
+
+    frame = codecs.image_to_frame(images[0])
+    assert frame.pixels.shape == (60, 80, 3) and frame.encoding == "rgb8"
+    info = next(i for i in infos if i.header.stamp == images[0].header.stamp)
+    assert (info.width, info.height) == (80, 60)
+    assert info.header.frame_id == images[0].header.frame_id == "camera"
+    k = np.array(info.k).reshape(3, 3)
+    assert k[0, 2] == pytest.approx(39.5) and k[1, 2] == pytest.approx(29.5)
+    # fovy of the scene camera: fy = (height / 2) / tan(fovy / 2).
+    fovy_rad = np.radians(node.world.model.cam_fovy[node.world.model.camera("scene_cam").id])
+    assert k[1, 1] == pytest.approx(30.0 / np.tan(fovy_rad / 2))
+
+
+def test_expert_episodes_reset_with_the_next_seed_and_clock_runs_on(ros):
+    """Built-in expert, as fast as possible: episodes end on success, /clock never goes back."""
+    from rosgraph_msgs.msg import Clock
+
+    node = sim_node(
+        ros, controller="expert", task="reach", real_time_factor=0.0, episodes=2, seed=5
+    )
+    clock = ros.collect(Clock, "/clock", 10)
+    goals = ros.collect(PoseStamped, "/wmpc/goal", LATCHED_QOS)
+    ros.wait_until(lambda: node.finished, 30.0, "two expert episodes")
+    assert [r["seed"] for r in node.results] == [5, 6]
+    assert all(r["success"] for r in node.results), node.results
+    ros.wait_until(lambda: len(goals) >= 2, 5.0, "a goal per episode")
+    total_s = sum(r["sim_s"] for r in node.results)
+    # /clock runs on across the reset to the end of the second episode (at 250 Hz).
+    ros.wait_until(
+        lambda: codecs.stamp_to_s(clock[-1].clock) > total_s - 0.005, 5.0, "the last /clock"
+    )
+    stamps = [codecs.stamp_to_s(c.clock) for c in clock]
+    assert len(stamps) > 10 and (np.diff(stamps) > 0).all()
+    assert stamps[-1] <= total_s + 1e-9
+
+
+def test_bad_parameter_is_named(ros):
+    from wmpc.nodes.sim import SimNode
+
+    with pytest.raises(ConfigError, match="real_time_factor"):
+        SimNode(
+            context=ros.context, parameter_overrides=[Parameter("real_time_factor", value=-1.0)]
+        )
+    with pytest.raises(ConfigError, match="'episodes' = 3 needs 'reset_when_done'"):
+        SimNode(
+            context=ros.context,
+            parameter_overrides=[
+                Parameter("episodes", value=3),
+                Parameter("reset_when_done", value=False),
+            ],
+        )
+
+
+# ---- the `wmpc sim` command ------------------------------------------------------------------
+
+
+def wmpc_sim(*args: str, timeout: float = 120):
+    """Run `wmpc sim ARGS` in a subprocess (on this session's isolated ROS domain)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "wmpc.cli", "sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_wmpc_sim_headless_json_and_snapshot(tmp_path):
+    import json
+
+    result = wmpc_sim(
+        "--task", "reach", "--episodes", "2", "--seed", "3", "--controller", "expert",
+        "--headless", "--json", "--snapshot", "--runs-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # exactly one JSON object, nothing else on stdout
+    assert (report["task"], report["seed"], report["episodes"]) == ("reach", 3, 2)
+    expert = report["results"]["expert"]
+    assert expert["episodes"] == 2 and expert["success_rate"] == 1.0
+    assert [e["seed"] for e in expert["per_episode"]] == [3, 4]
+    assert "episode 2/2 seed 4: success" in result.stderr
+    snapshot = Path(report["snapshot"])
+    assert snapshot.parent == tmp_path
+    assert json.loads((snapshot / "snapshot.json").read_text())["seed"] == 3
+    import matplotlib.pyplot as plt
+
+    assert plt.imread(snapshot / "camera.png").shape == (480, 640, 4)  # RGBA PNG, sim.yaml size
+    for name in ("tactile.png", "audio_spectrogram.png"):
+        assert plt.imread(snapshot / name).std() > 0.05, f"{name} is blank"
+
+
+def test_wmpc_sim_over_ros_prints_a_table():
+    result = wmpc_sim(
+        "--task", "reach", "--episodes", "1", "--controller", "expert", "--real-time-factor", "0"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "task reach, seeds 0..0"
+    assert lines[1].split()[:2] == ["controller", "success"]
+    assert lines[3].startswith("expert") and "1/1 (100%)" in lines[3]
+
+
+def test_wmpc_sim_bad_params_file_is_one_line(tmp_path):
+    params = tmp_path / "sim.yaml"
+    params.write_text("sim_node:\n  ros__parameters:\n    camera_widht: 320\n")
+    result = wmpc_sim(
+        "--headless", "--controller", "expert", "--episodes", "1", "--params-file", str(params)
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "camera_widht" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_schedule_keeps_the_mean_rate_on_physics_steps_and_zero_means_off():
+    from wmpc.nodes.sim import Schedule
+
+    steps_s = np.arange(1, 1001) * 0.002  # 2 s of 2 ms physics steps
+    for rate_hz in (30.0, 200.0, 250.0):
+        schedule = Schedule(rate_hz)
+        stamps = np.array([t for t in steps_s if schedule.due(t)])
+        assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(rate_hz, rel=0.01)
+        assert np.diff(stamps).max() <= 1.0 / rate_hz + 0.002  # never a whole period late
+    off = Schedule(0.0)
+    assert not any(off.due(t) for t in steps_s)
