@@ -134,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
             results[name] = run_with_ros(args, name, params_file, progress)
     snapshot_dir = None
     if args.snapshot:
-        snapshot_dir = write_snapshot(
-            args.task, controllers[0], args.seed, world_config, args.runs_dir
-        )
+        # The snapshot episode runs in-process on the world's sensors; the learned
+        # controller needs the full graph, so it is pictured with the scripted expert.
+        pictured = next((c for c in controllers if c != "wmpc"), "expert")
+        print(f"snapshot: one {args.task} episode with the {pictured} controller", file=sys.stderr)
+        snapshot_dir = write_snapshot(args.task, pictured, args.seed, world_config, args.runs_dir)
     if args.json:
         report = {"task": args.task, "seed": args.seed, "episodes": args.episodes}
         report["results"] = results

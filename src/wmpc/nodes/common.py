@@ -27,7 +27,8 @@ from rclpy.qos import (
 from rclpy.signals import SignalHandlerOptions
 
 from wmpc import codecs
-from wmpc.config import ConfigError, build_config
+from wmpc.config import build_config
+from wmpc.errors import WmpcError
 
 T = TypeVar("T")
 
@@ -119,7 +120,8 @@ def use_large_data_transport() -> None:
 def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     """Init rclpy, spin the node until Ctrl-C, SIGTERM or external shutdown; return exit code.
 
-    A ConfigError at construction prints one line naming the parameter and returns 2.
+    A WmpcError at construction (bad parameter, model, scene or device) prints one line
+    and returns 2.
     """
     # rclpy's own SIGINT handler would shut the context down before `close()` runs, and a
     # node could no longer publish its last words (the runtime's hold). Ours only set a
@@ -139,7 +141,7 @@ def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-    except ConfigError as exc:
+    except WmpcError as exc:  # a bad parameter, model, scene or device: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ExternalShutdownException:
