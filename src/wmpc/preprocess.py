@@ -1,0 +1,344 @@
+"""Observation -> the world model's inputs: image, audio log-mel, tactile grid, proprio vector.
+
+Two steps, shared exactly by training and the runtime:
+
+- `features(obs)`: the deterministic transforms (centre crop + INTER_AREA resize to the model
+  size, log-mel spectrogram, tactile grid, proprio vector). The dataset stores these.
+- `normalise(features)`: (x - mean) / std with the statistics from the manifest, and the layout
+  the ONNX encoder takes. It broadcasts over leading batch dimensions, so training normalises
+  whole batches with the very same function the runtime calls on one observation.
+
+Model inputs (float32), with N the batch:
+  image   (N, 3, H, W)          pixels / 255, normalised per channel
+  audio   (N, n_mels, frames)   ln(mel power + log_offset), normalised per mel band
+  tactile (N, rows, cols, 3)    taxel xyz, normalised per taxel and axis
+  proprio (N, J + 3 + 6)        joint positions (rad), ee position (m), wrist wrench (N, N m)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wmpc.config import PreprocessConfig, SensorBufferConfig
+from wmpc.errors import WmpcError
+from wmpc.types import Observation
+
+INPUT_NAMES = ("image", "audio", "tactile", "proprio")
+PROPRIO_FIELDS = ("joint_position_rad", "ee_position_m", "wrench_wrist")
+TACTILE_CHANNELS = 3
+
+
+class PreprocessError(WmpcError, ValueError):
+    """An observation or a manifest does not fit the model's inputs; the message says which."""
+
+
+# ---- audio -------------------------------------------------------------------------------
+
+
+def hz_to_mel(f_hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale: 2595 log10(1 + f / 700)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f_hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of `hz_to_mel`."""
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    rate_hz: float, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz: float
+) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters, equally spaced in mel, peak 1.
+
+    The triangles are evaluated at each FFT bin's exact frequency rather than snapped to bins,
+    so the narrow low bands still get weight at n_fft = 512.
+    """
+    if fmax_hz > rate_hz / 2 + 1e-9:
+        raise PreprocessError(
+            f"mel_fmax_hz = {fmax_hz} is above the Nyquist frequency {rate_hz / 2} of "
+            f"rate {rate_hz} Hz"
+        )
+    bins_hz = np.arange(n_fft // 2 + 1) * rate_hz / n_fft
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(fmin_hz), hz_to_mel(fmax_hz), n_mels + 2))
+    low, centre, high = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
+    rising = (bins_hz[None, :] - low) / (centre - low)
+    falling = (high - bins_hz[None, :]) / (high - centre)
+    bank = np.maximum(0.0, np.minimum(rising, falling))
+    empty = np.flatnonzero(bank.sum(axis=1) <= 0)
+    if empty.size:
+        raise PreprocessError(
+            f"mel bands {empty.tolist()} cover no FFT bin: use fewer mels or a longer n_fft"
+        )
+    return bank.astype(np.float32)
+
+
+def n_frames(window_samples: int, n_fft: int, hop: int) -> int:
+    """Spectrogram frames in one window (frames lie fully inside it; no padding)."""
+    if window_samples < n_fft:
+        raise PreprocessError(f"audio window {window_samples} is shorter than n_fft {n_fft}")
+    return 1 + (window_samples - n_fft) // hop
+
+
+def log_mel(
+    samples: np.ndarray, filterbank: np.ndarray, n_fft: int, hop: int, log_offset: float
+) -> np.ndarray:
+    """(n_mels, frames) float32 log-mel power of mono samples in [-1, 1] (periodic Hann)."""
+    frames = np.lib.stride_tricks.sliding_window_view(
+        np.asarray(samples, dtype=np.float32), n_fft
+    )[::hop]  # (frames, n_fft)
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    spectrum = np.fft.rfft(frames * window, axis=-1)  # (frames, n_fft // 2 + 1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = filterbank @ power.T.astype(np.float32)  # (n_mels, frames)
+    return np.log(mel + np.float32(log_offset)).astype(np.float32)
+
+
+# ---- image -------------------------------------------------------------------------------
+
+
+def resize_image(image_rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width, 3) uint8: centre crop to the target aspect, then INTER_AREA resize."""
+    h, w = image_rgb.shape[:2]
+    if h * width > w * height:  # too tall: crop rows
+        keep = max(1, round(w * height / width))
+        top = (h - keep) // 2
+        image_rgb = image_rgb[top : top + keep]
+    elif h * width < w * height:  # too wide: crop columns
+        keep = max(1, round(h * width / height))
+        left = (w - keep) // 2
+        image_rgb = image_rgb[:, left : left + keep]
+    if image_rgb.shape[:2] == (height, width):
+        return np.array(image_rgb, order="C")  # a copy: callers may keep it
+    return cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+# ---- the modalities a model takes --------------------------------------------------------
+
+
+def modalities_spec(
+    buffer: SensorBufferConfig, pre: PreprocessConfig, tactile_rows: int, tactile_cols: int
+) -> dict[str, Any]:
+    """The manifest's `modalities` section for these settings and tactile grid."""
+    return {
+        "image": {
+            "topic": buffer.image_topic,
+            "height": pre.image_height,
+            "width": pre.image_width,
+            "encoding": "rgb8",
+            "crop": "centre",
+            "interpolation": "area",
+        },
+        "audio": {
+            "topic": buffer.audio_topic,
+            "rate_hz": buffer.audio_rate_hz,
+            "window_samples": buffer.audio_window_samples,
+            "n_fft": pre.n_fft,
+            "hop": pre.hop,
+            "n_mels": pre.n_mels,
+            "fmin_hz": pre.mel_fmin_hz,
+            "fmax_hz": pre.mel_fmax_hz,
+            "log_offset": pre.log_offset,
+            "window": "hann",
+            "mel_scale": "htk",
+        },
+        "tactile": {
+            "topic": buffer.tactile_topic,
+            "rows": int(tactile_rows),
+            "cols": int(tactile_cols),
+            "channels": TACTILE_CHANNELS,
+        },
+        "proprio": {
+            "joint_names": list(buffer.joint_names),
+            "fields": list(PROPRIO_FIELDS),
+            "size": len(buffer.joint_names) + 3 + 6,
+        },
+    }
+
+
+def _require(section: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in section:
+        raise PreprocessError(f"manifest modalities.{where} lacks '{key}'")
+    return section[key]
+
+
+def compute_normalisation(
+    features: Mapping[str, np.ndarray], min_std: float, chunk_rows: int = 1024
+) -> dict[str, dict[str, Any]]:
+    """Mean and std per input from stacked features (N, ...) with a floor on std.
+
+    image: per channel of pixels / 255; audio: per mel band; tactile and proprio: per element.
+    `shape` is the shape the lists reshape to, broadcasting against one sample's model input.
+    Sums run over chunks of rows in float64, so large image stacks need little extra memory.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in INPUT_NAMES:
+        stack = features[name]
+        if name == "image":
+            axes, shape, scale = (0, 1, 2), [3, 1, 1], 1.0 / 255.0  # rows are (H, W, 3)
+        elif name == "audio":
+            axes, shape, scale = (0, 2), [stack.shape[1], 1], 1.0  # rows are (mels, frames)
+        else:
+            axes, shape, scale = (0,), list(stack.shape[1:]), 1.0
+        total = total_sq = 0.0
+        count = 0
+        for start in range(0, stack.shape[0], chunk_rows):
+            x = np.asarray(stack[start : start + chunk_rows], dtype=np.float64) * scale
+            total = total + x.sum(axis=axes)
+            total_sq = total_sq + np.square(x).sum(axis=axes)
+            count += x.size // np.asarray(total).size
+        mean = np.asarray(total / count).reshape(-1)
+        variance = np.maximum(np.asarray(total_sq / count).reshape(-1) - mean**2, 0.0)
+        std = np.maximum(np.sqrt(variance), min_std)
+        out[name] = {"mean": mean.tolist(), "std": std.tolist(), "shape": shape}
+    return out
+
+
+class Preprocessor:
+    """Observation -> normalised float32 model inputs, as one manifest describes them."""
+
+    def __init__(self, modalities: Mapping[str, Any], normalisation: Mapping[str, Any] | None):
+        """Build from a manifest's sections; without normalisation only `features` works."""
+        image = _require(modalities, "image", "")
+        audio = _require(modalities, "audio", "")
+        tactile = _require(modalities, "tactile", "")
+        proprio = _require(modalities, "proprio", "")
+        self.image_hw = (
+            int(_require(image, "height", "image")),
+            int(_require(image, "width", "image")),
+        )
+        self.audio_rate_hz = float(_require(audio, "rate_hz", "audio"))
+        self.window_samples = int(_require(audio, "window_samples", "audio"))
+        self.n_fft = int(_require(audio, "n_fft", "audio"))
+        self.hop = int(_require(audio, "hop", "audio"))
+        self.log_offset = float(audio.get("log_offset", PreprocessConfig().log_offset))
+        self.filterbank = mel_filterbank(
+            self.audio_rate_hz,
+            self.n_fft,
+            int(_require(audio, "n_mels", "audio")),
+            float(audio.get("fmin_hz", PreprocessConfig().mel_fmin_hz)),
+            float(audio.get("fmax_hz", self.audio_rate_hz / 2)),
+        )
+        self.tactile_shape = (
+            int(_require(tactile, "rows", "tactile")),
+            int(_require(tactile, "cols", "tactile")),
+            int(_require(tactile, "channels", "tactile")),
+        )
+        if self.tactile_shape[2] != TACTILE_CHANNELS:
+            raise PreprocessError(
+                f"manifest modalities.tactile.channels = {self.tactile_shape[2]}; this runtime "
+                f"feeds {TACTILE_CHANNELS} (x, y, z) per taxel"
+            )
+        self.joint_names = tuple(_require(proprio, "joint_names", "proprio"))
+        fields = tuple(_require(proprio, "fields", "proprio"))
+        if fields != PROPRIO_FIELDS:
+            raise PreprocessError(
+                f"manifest modalities.proprio.fields = {list(fields)}; this runtime builds "
+                f"{list(PROPRIO_FIELDS)}"
+            )
+        self.proprio_size = len(self.joint_names) + 3 + 6
+        expected = {
+            "image": (3, *self.image_hw),
+            "audio": (
+                self.filterbank.shape[0],
+                n_frames(self.window_samples, self.n_fft, self.hop),
+            ),
+            "tactile": self.tactile_shape,
+            "proprio": (self.proprio_size,),
+        }
+        self.input_shapes = expected
+        self._mean: dict[str, np.ndarray] = {}
+        self._inv_std: dict[str, np.ndarray] = {}
+        for name in INPUT_NAMES if normalisation is not None else ():
+            stats = normalisation.get(name)
+            if stats is None:
+                raise PreprocessError(f"manifest normalisation lacks input '{name}'")
+            shape = tuple(stats.get("shape", ()))
+            mean = np.asarray(stats.get("mean", ()), dtype=np.float32)
+            std = np.asarray(stats.get("std", ()), dtype=np.float32)
+            if mean.size != math.prod(shape) or std.size != mean.size:
+                raise PreprocessError(
+                    f"manifest normalisation.{name}: mean ({mean.size}) and std ({std.size}) "
+                    f"must hold {math.prod(shape)} values for shape {list(shape)}"
+                )
+            if not np.all(np.isfinite(mean)) or not np.all(std > 0):
+                raise PreprocessError(
+                    f"manifest normalisation.{name}: mean must be finite and std > 0"
+                )
+            try:
+                np.broadcast_shapes(shape, expected[name])
+            except ValueError:
+                raise PreprocessError(
+                    f"manifest normalisation.{name}.shape {list(shape)} does not broadcast "
+                    f"against the input shape {list(expected[name])}"
+                ) from None
+            self._mean[name] = mean.reshape(shape)
+            self._inv_std[name] = (1.0 / std).reshape(shape)
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Preprocessor:
+        """The preprocessor a manifest describes (its `modalities` and `normalisation`)."""
+        for key in ("modalities", "normalisation"):
+            if key not in manifest:
+                raise PreprocessError(f"manifest lacks '{key}'")
+        return cls(manifest["modalities"], manifest["normalisation"])
+
+    def features(self, obs: Observation) -> dict[str, np.ndarray]:
+        """Un-normalised features of one observation (what the dataset stores)."""
+        image = obs.image_rgb
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise PreprocessError(
+                f"observation image_rgb must be (H, W, 3) uint8, got {image.shape} {image.dtype}"
+            )
+        if abs(obs.audio_rate_hz - self.audio_rate_hz) > 1e-6:
+            raise PreprocessError(
+                f"observation audio is at {obs.audio_rate_hz} Hz; the model takes "
+                f"{self.audio_rate_hz} Hz"
+            )
+        if obs.audio.shape != (self.window_samples,):
+            raise PreprocessError(
+                f"observation audio must be ({self.window_samples},) samples, got "
+                f"{obs.audio.shape}"
+            )
+        if obs.tactile.shape != self.tactile_shape:
+            raise PreprocessError(
+                f"observation tactile is {obs.tactile.shape}; the model takes "
+                f"{self.tactile_shape} (rows, cols, xyz)"
+            )
+        if obs.joint_position_rad.shape != (len(self.joint_names),):
+            raise PreprocessError(
+                f"observation joint_position_rad has {obs.joint_position_rad.shape} values; "
+                f"the model takes {len(self.joint_names)} ({list(self.joint_names)})"
+            )
+        proprio = np.concatenate(
+            [obs.joint_position_rad, obs.ee_pose.position_m, obs.wrench_wrist.as_array()]
+        ).astype(np.float32)
+        return {
+            "image": resize_image(image, *self.image_hw),
+            "audio": log_mel(obs.audio, self.filterbank, self.n_fft, self.hop, self.log_offset),
+            "tactile": np.asarray(obs.tactile, dtype=np.float32),
+            "proprio": proprio,
+        }
+
+    def normalise(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Features with any leading batch dims -> normalised float32 model inputs."""
+        if not self._mean:
+            raise PreprocessError("this preprocessor was built without normalisation statistics")
+        image = np.asarray(features["image"], dtype=np.float32) * np.float32(1.0 / 255.0)
+        image = np.moveaxis(image, -1, -3)  # (..., H, W, 3) -> (..., 3, H, W)
+        out = {"image": image}
+        for name in ("audio", "tactile", "proprio"):
+            out[name] = np.asarray(features[name], dtype=np.float32)
+        return {
+            name: np.ascontiguousarray((x - self._mean[name]) * self._inv_std[name])
+            for name, x in out.items()
+        }
+
+    def __call__(self, obs: Observation) -> dict[str, np.ndarray]:
+        """Model inputs for one observation, each with a batch dimension of 1."""
+        inputs = self.normalise(self.features(obs))
+        return {name: x[np.newaxis] for name, x in inputs.items()}

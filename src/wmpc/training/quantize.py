@@ -1,0 +1,234 @@
+"""Static INT8 quantization (QDQ) of the exported model, and accuracy of each precision.
+
+Both graphs are quantized with ONNX Runtime's `quantize_static`: QDQ format, signed 8-bit
+symmetric activations and weights (what TensorRT takes), per-channel weights, min-max
+calibration. Calibration data come from held-out episodes only:
+
+- encoder: the normalised inputs of evenly spaced held-out ticks;
+- rollout: the step network inside the Scan (quantizers do not descend into subgraphs) is
+  quantized on its own, on (z, action) pairs met along rollouts from those ticks, once with the
+  recorded actions and once with uniformly sampled actions (what a sampling planner feeds it),
+  and then wrapped in the same Scan as the fp32 rollout.
+
+Everything is ordered and seeded, so the same inputs give byte-identical INT8 files.
+The fp32 files stay beside the INT8 ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from wmpc.preprocess import INPUT_NAMES, Preprocessor
+from wmpc.training.dataset import ACTION_HIGH, ACTION_LOW, Episode
+from wmpc.training.export import (
+    ENCODER_FILE,
+    ROLLOUT_FILE,
+    STEP_OUTPUTS,
+    rollout_from_step,
+    step_from_rollout,
+)
+from wmpc.training.model import HEADS
+
+log = logging.getLogger(__name__)
+
+ENCODER_INT8_FILE = "encoder.int8.onnx"
+ROLLOUT_INT8_FILE = "rollout.int8.onnx"
+HORIZONS = (1, 5, 10)
+CALIBRATION_TICKS = 512
+CALIBRATION_BATCH = 64
+METRICS = {
+    "ee_position_m": "mean Euclidean error (m)",
+    "contact_force_n": "mean absolute error (N)",
+    "contact_prob": "Brier score (mean squared error of the probability vs the 0/1 label)",
+    "marker_rel_m": "mean Euclidean error (m), ticks with privileged labels only",
+    "block_position_m": "mean Euclidean error (m), ticks with privileged labels only",
+}
+PRIVILEGED_HEADS = ("marker_rel_m", "block_position_m")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def session(path: Path | str | bytes, threads: int = 2):
+    """A CPU ONNX Runtime session with a fixed thread count (reproducible and polite)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    model = str(path) if isinstance(path, Path) else path
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _calibration_rows(episodes: list[Episode], limit: int) -> list[tuple[int, np.ndarray]]:
+    """(episode index, rows): evenly spaced ticks over all episodes, at most `limit` in all."""
+    total = sum(e.ticks for e in episodes)
+    if total == 0:
+        raise ValueError("no ticks in the calibration episodes")
+    stride = max(1, total // limit)
+    picks, offset = [], 0
+    for i, episode in enumerate(episodes):
+        rows = np.arange((-offset) % stride, episode.ticks, stride)
+        offset += episode.ticks
+        if rows.size:
+            picks.append((i, rows))
+    return picks
+
+
+class _Batches:
+    """A CalibrationDataReader over a fixed list of input dicts."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.position = 0
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                if self.position >= len(batches):
+                    return None
+                self.position += 1
+                return batches[self.position - 1]
+
+            def rewind(self) -> None:
+                self.position = 0
+
+        self.reader = Reader()
+
+
+def calibration_data(
+    model_dir: Path,
+    episodes: list[Episode],
+    pre: Preprocessor,
+    seed: int = 0,
+    rollout_steps: int = max(HORIZONS),
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """(encoder batches, step batches) drawn from `episodes` with the fp32 model."""
+    encoder = session(model_dir / ENCODER_FILE)
+    step = session(step_from_rollout(onnx.load(model_dir / ROLLOUT_FILE)).SerializeToString())
+    rng = np.random.default_rng(seed)
+    low, high = np.array(ACTION_LOW, np.float32), np.array(ACTION_HIGH, np.float32)
+    encoder_batches, step_batches = [], []
+    for index, rows in _calibration_rows(episodes, CALIBRATION_TICKS):
+        episode = episodes[index]
+        for b in range(0, rows.size, CALIBRATION_BATCH):
+            chunk = rows[b : b + CALIBRATION_BATCH]
+            inputs = pre.normalise({name: episode.arrays[name][chunk] for name in INPUT_NAMES})
+            encoder_batches.append(inputs)
+            (z0,) = encoder.run(["z"], inputs)
+            # Recorded actions where the episode has them, then the planner's kind: uniform.
+            for kind in ("recorded", "uniform"):
+                z = z0
+                for h in range(rollout_steps):
+                    if kind == "recorded":
+                        action = episode.arrays["action"][np.minimum(chunk + h, episode.ticks - 1)]
+                    else:
+                        action = rng.uniform(low, high, size=(chunk.size, low.size))
+                    feed = {"z": z, "action": action.astype(np.float32)}
+                    step_batches.append(feed)
+                    z = step.run([STEP_OUTPUTS[0]], feed)[0]
+    return encoder_batches, step_batches
+
+
+def quantize_graph(model: onnx.ModelProto, out_path: Path, batches: list[dict]) -> None:
+    """Static QDQ INT8 (symmetric, per-channel weights, min-max) of `model` to `out_path`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="wmpc_quant_") as tmp:
+        source, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
+        onnx.save(model, source)
+        # Shape inference and constant folding first, as ONNX Runtime recommends for QDQ.
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Batches(batches).reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            # The matrix products carry the cost; layer norms and activations stay float.
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+
+
+def quantize_model(
+    model_dir: Path, episodes: list[Episode], pre: Preprocessor, seed: int = 0
+) -> dict[str, Path]:
+    """Write encoder.int8.onnx and rollout.int8.onnx beside the fp32 files."""
+    encoder_batches, step_batches = calibration_data(model_dir, episodes, pre, seed)
+    paths = {"encoder": model_dir / ENCODER_INT8_FILE, "rollout": model_dir / ROLLOUT_INT8_FILE}
+    quantize_graph(onnx.load(model_dir / ENCODER_FILE), paths["encoder"], encoder_batches)
+    rollout = onnx.load(model_dir / ROLLOUT_FILE)
+    latent_dim = rollout.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    action_dim = rollout.graph.input[1].type.tensor_type.shape.dim[2].dim_value
+    with tempfile.TemporaryDirectory(prefix="wmpc_quant_") as tmp:
+        step_int8 = Path(tmp) / "step.int8.onnx"
+        quantize_graph(step_from_rollout(rollout), step_int8, step_batches)
+        wrapped = rollout_from_step(onnx.load(step_int8), latent_dim, action_dim)
+    onnx.checker.check_model(wrapped, full_check=True)
+    onnx.save(wrapped, paths["rollout"])
+    onnx.checker.check_model(onnx.load(paths["encoder"]), full_check=True)
+    return paths
+
+
+def measure_accuracy(
+    encoder_path: Path,
+    rollout_path: Path,
+    episodes: Iterable[Episode],
+    pre: Preprocessor,
+    horizons: tuple[int, ...] = HORIZONS,
+    batch: int = 256,
+) -> tuple[dict[str, dict[str, float | None]], int]:
+    """Per-head error at each horizon over every window of held-out `episodes`.
+
+    Returns ({head: {"h1": error, ...}}, number of windows); see METRICS for each error.
+    A head whose labels no window has (real bags: marker, block) gets None.
+    """
+    encoder, rollout = session(encoder_path), session(rollout_path)
+    depth = max(horizons)
+    sums = {name: dict.fromkeys(horizons, 0.0) for name in HEADS}
+    counts = {name: dict.fromkeys(horizons, 0) for name in HEADS}
+    windows = 0
+    for episode in episodes:
+        starts = episode.window_starts(depth)
+        for b in range(0, starts.size, batch):
+            rows = starts[b : b + batch, None] + np.arange(depth + 1)  # (K, depth + 1)
+            first = rows[:, 0]
+            inputs = pre.normalise({name: episode.arrays[name][first] for name in INPUT_NAMES})
+            (z,) = encoder.run(["z"], inputs)
+            actions = episode.arrays["action"][rows[:, :depth]].astype(np.float32)
+            predicted = dict(
+                zip(HEADS, rollout.run(list(HEADS), {"z": z, "actions": actions}), strict=True)
+            )
+            windows += first.size
+            for name in HEADS:
+                for h in horizons:
+                    label = episode.arrays[name][rows[:, h]]
+                    error = predicted[name][:, h - 1] - label
+                    if name == "contact_prob":
+                        per_window = error[:, 0] ** 2
+                    elif name == "contact_force_n":
+                        per_window = np.abs(error[:, 0])
+                    else:
+                        per_window = np.linalg.norm(error, axis=1)
+                    if name in PRIVILEGED_HEADS:
+                        per_window = per_window[episode.arrays["privileged"][rows[:, h]]]
+                    sums[name][h] += float(per_window.sum())
+                    counts[name][h] += int(per_window.size)
+    result = {
+        name: {
+            f"h{h}": (round(sums[name][h] / counts[name][h], 6) if counts[name][h] else None)
+            for h in horizons
+        }
+        for name in HEADS
+    }
+    return result, windows

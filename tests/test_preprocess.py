@@ -1,0 +1,168 @@
+"""Preprocessing: log-mel filterbank and spectrogram, resize, normalisation, manifest checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wmpc import types
+from wmpc.config import PreprocessConfig, SensorBufferConfig
+from wmpc.preprocess import (
+    INPUT_NAMES,
+    PreprocessError,
+    Preprocessor,
+    compute_normalisation,
+    hz_to_mel,
+    log_mel,
+    mel_filterbank,
+    mel_to_hz,
+    modalities_spec,
+    n_frames,
+    resize_image,
+)
+
+RATE = 16000
+
+
+def observation(rng: np.random.Generator, tactile_shape=(4, 4, 3)) -> types.Observation:
+    """A random but well-formed observation."""
+    return types.Observation(
+        stamp_s=1.0,
+        image_rgb=rng.integers(0, 256, (120, 160, 3), dtype=np.uint8),
+        audio=rng.uniform(-0.5, 0.5, 2048).astype(np.float32),
+        audio_rate_hz=float(RATE),
+        tactile=rng.normal(size=tactile_shape).astype(np.float32),
+        joint_position_rad=rng.normal(size=7),
+        ee_pose=types.Pose(rng.normal(size=3), types.TOOL_DOWN_XYZW),
+        wrench_wrist=types.Wrench(rng.normal(size=3), rng.normal(size=3)),
+    )
+
+
+def spec() -> dict:
+    return modalities_spec(SensorBufferConfig(), PreprocessConfig(), 4, 4)
+
+
+def test_mel_scale_round_trips_and_filters_tile_the_band():
+    f = np.array([0.0, 100.0, 1000.0, 7999.0])
+    np.testing.assert_allclose(mel_to_hz(hz_to_mel(f)), f, atol=1e-6)
+    assert hz_to_mel(1000.0) == pytest.approx(999.99, abs=0.1)  # the HTK scale's anchor
+    bank = mel_filterbank(RATE, 512, 32, 20.0, 8000.0)
+    assert bank.shape == (32, 257) and bank.dtype == np.float32
+    assert bank.max() <= 1.0 and bank.min() >= 0.0
+    # Each band peaks later than the one before (ordered in frequency).
+    assert np.all(np.diff(bank.argmax(axis=1)) >= 0)
+    # Between the first and last centre, every FFT bin is covered by some band.
+    first, last = bank[0].argmax(), bank[-1].argmax()
+    assert np.all(bank[:, first : last + 1].sum(axis=0) > 0.4)
+    with pytest.raises(PreprocessError, match="Nyquist"):
+        mel_filterbank(RATE, 512, 32, 20.0, 9000.0)
+    with pytest.raises(PreprocessError, match="cover no FFT bin"):
+        mel_filterbank(RATE, 64, 64, 20.0, 8000.0)
+
+
+def test_log_mel_puts_a_tone_in_its_band_and_keeps_silence_finite():
+    bank = mel_filterbank(RATE, 512, 32, 20.0, 8000.0)
+    t = np.arange(2048) / RATE
+    for tone_hz in (300.0, 1000.0, 4000.0):
+        spectrum = log_mel(np.sin(2 * np.pi * tone_hz * t) * 0.5, bank, 512, 256, 1e-6)
+        assert spectrum.shape == (32, n_frames(2048, 512, 256)) == (32, 7)
+        # The loudest band is one whose filter covers the tone's bin.
+        tone_bin = round(tone_hz * 512 / RATE)
+        assert np.all(bank[spectrum.argmax(axis=0), tone_bin] > 0.25)
+        far = np.flatnonzero(bank[:, tone_bin - 3 : tone_bin + 4].sum(axis=1) == 0)
+        assert spectrum[far].max() < spectrum.max() - 5  # far bands are > 5 nepers quieter
+    silence = log_mel(np.zeros(2048), bank, 512, 256, 1e-6)
+    assert np.all(np.isfinite(silence))
+    np.testing.assert_allclose(silence, np.log(1e-6), rtol=1e-6)
+
+
+def test_resize_crops_the_centre_before_area_resize():
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[:, :80] = 255  # a white band on the left: cropped away by the centre square
+    image[:, -80:] = 255
+    image[200:280, 280:360] = (10, 200, 30)
+    small = resize_image(image, 64, 64)
+    assert small.shape == (64, 64, 3) and small.dtype == np.uint8
+    assert small[:, 0].max() == 0 and small[:, -1].max() == 0
+    assert small[32, 32].tolist() == [10, 200, 30]
+    assert resize_image(small, 64, 64) is not small  # copies even at the target size
+    np.testing.assert_array_equal(resize_image(small, 64, 64), small)
+
+
+def test_features_and_normalisation_shapes_and_statistics():
+    rng = np.random.default_rng(0)
+    pre = Preprocessor(spec(), None)
+    features = [pre.features(observation(rng)) for _ in range(64)]
+    stacked = {name: np.stack([f[name] for f in features]) for name in INPUT_NAMES}
+    assert stacked["image"].shape == (64, 64, 64, 3) and stacked["image"].dtype == np.uint8
+    assert stacked["audio"].shape == (64, 32, 7)
+    assert stacked["tactile"].shape == (64, 4, 4, 3)
+    assert stacked["proprio"].shape == (64, 16)
+    with pytest.raises(PreprocessError, match="without normalisation"):
+        pre.normalise(features[0])
+
+    stats = compute_normalisation(stacked, min_std=0.01)
+    chunked = compute_normalisation(stacked, min_std=0.01, chunk_rows=5)
+    for name in INPUT_NAMES:
+        np.testing.assert_allclose(chunked[name]["mean"], stats[name]["mean"], rtol=1e-9)
+        np.testing.assert_allclose(chunked[name]["std"], stats[name]["std"], rtol=1e-7)
+    pre = Preprocessor(spec(), stats)
+    batch = pre.normalise(stacked)
+    assert batch["image"].shape == (64, 3, 64, 64)
+    assert all(x.dtype == np.float32 and x.flags.c_contiguous for x in batch.values())
+    # Normalised with their own statistics: zero mean, unit std per channel / band / element.
+    np.testing.assert_allclose(batch["image"].mean(axis=(0, 2, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(batch["image"].std(axis=(0, 2, 3)), 1, atol=1e-3)
+    np.testing.assert_allclose(batch["audio"].mean(axis=(0, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(batch["proprio"].std(axis=0), 1, atol=1e-3)
+    # One observation through __call__ equals its row of the batch: the same code path.
+    obs_inputs = Preprocessor(spec(), stats)(observation(np.random.default_rng(0)))
+    for name in INPUT_NAMES:
+        assert obs_inputs[name].shape == (1, *batch[name].shape[1:])
+        np.testing.assert_array_equal(obs_inputs[name][0], batch[name][0])
+
+
+def test_constant_input_std_is_floored():
+    stacked = {
+        "image": np.full((4, 8, 8, 3), 7, np.uint8),
+        "audio": np.zeros((4, 32, 7), np.float32),
+        "tactile": np.zeros((4, 4, 4, 3), np.float32),
+        "proprio": np.zeros((4, 16), np.float32),
+    }
+    stats = compute_normalisation(stacked, min_std=0.05)
+    assert all(min(s["std"]) == 0.05 for s in stats.values())
+    assert stats["image"]["shape"] == [3, 1, 1]
+    assert stats["audio"]["shape"] == [32, 1]
+    assert stats["tactile"]["shape"] == [4, 4, 3]
+
+
+def test_mismatched_observations_and_manifests_name_the_problem():
+    rng = np.random.default_rng(1)
+    pre = Preprocessor(spec(), None)
+    with pytest.raises(PreprocessError, match="tactile"):
+        pre.features(observation(rng, tactile_shape=(5, 1, 3)))
+    obs = observation(rng)
+    short = types.Observation(**{**obs.__dict__, "audio": obs.audio[:1000]})
+    with pytest.raises(PreprocessError, match=r"audio must be \(2048,\)"):
+        pre.features(short)
+    slow = types.Observation(**{**obs.__dict__, "audio_rate_hz": 8000.0})
+    with pytest.raises(PreprocessError, match="8000"):
+        pre.features(slow)
+    joints = types.Observation(**{**obs.__dict__, "joint_position_rad": np.zeros(6)})
+    with pytest.raises(PreprocessError, match="joint_position_rad"):
+        pre.features(joints)
+
+    bad_spec = spec()
+    del bad_spec["audio"]["n_fft"]
+    with pytest.raises(PreprocessError, match="lacks 'n_fft'"):
+        Preprocessor(bad_spec, None)
+    stats = {name: {"mean": [0.0], "std": [1.0], "shape": [1]} for name in INPUT_NAMES}
+    del stats["proprio"]
+    with pytest.raises(PreprocessError, match="lacks input 'proprio'"):
+        Preprocessor(spec(), stats)
+    stats["proprio"] = {"mean": [0.0] * 3, "std": [1.0] * 3, "shape": [3]}
+    with pytest.raises(PreprocessError, match="does not broadcast"):
+        Preprocessor(spec(), stats)
+    stats["proprio"] = {"mean": [0.0] * 16, "std": [0.0] * 16, "shape": [16]}
+    with pytest.raises(PreprocessError, match="std > 0"):
+        Preprocessor(spec(), stats)

@@ -1,0 +1,134 @@
+"""INT8 quantization: deterministic calibration, QDQ structure, accuracy, `wmpc quantize`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from wmpc.cli import main
+from wmpc.model import read_manifest
+from wmpc.preprocess import INPUT_NAMES
+from wmpc.training import export, manifest, quantize
+from wmpc.training.model import HEADS
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny_model):
+    """(model dir with fp32 files, held-out episodes, preprocessor) of conftest's tiny model."""
+    _, out, held, pre = tiny_model
+    return out, held, pre
+
+
+@pytest.fixture(scope="module")
+def cli_model(synthetic_bags, tmp_path_factory):
+    """A model from `wmpc train`, one short epoch (the full-size model, 64 x 64 images)."""
+    out = tmp_path_factory.mktemp("cli") / "model"
+    argv = ["train", str(synthetic_bags), "--out", str(out), "--epochs", "1", "--horizon", "2"]
+    assert main([*argv, "--batch-size", "64"]) == 0
+    return out
+
+
+def copy_fp32(source, target):
+    target.mkdir()
+    for name in (export.ENCODER_FILE, export.ROLLOUT_FILE):
+        shutil.copy(source / name, target / name)
+    return target
+
+
+def test_calibration_is_deterministic(fp32_model, tmp_path):
+    source, held, pre = fp32_model
+    digests = []
+    for run in ("a", "b"):
+        paths = quantize.quantize_model(copy_fp32(source, tmp_path / run), held, pre, seed=0)
+        digests.append({k: manifest.sha256_file(p) for k, p in paths.items()})
+    assert digests[0] == digests[1]
+    # The sampled calibration actions come from the seed: another seed, another rollout file.
+    other = quantize.quantize_model(copy_fp32(source, tmp_path / "c"), held, pre, seed=1)
+    assert manifest.sha256_file(other["rollout"]) != digests[0]["rollout"]
+    assert manifest.sha256_file(other["encoder"]) == digests[0]["encoder"]
+
+
+def test_int8_graphs_are_symmetric_per_channel_qdq_and_close_to_fp32(fp32_model, tmp_path):
+    source, held, pre = fp32_model
+    out = copy_fp32(source, tmp_path / "model")
+    paths = quantize.quantize_model(out, held, pre)
+    encoder = onnx.load(paths["encoder"])
+    ops = [n.op_type for n in encoder.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    initialisers = {i.name: numpy_helper.to_array(i) for i in encoder.graph.initializer}
+    convolutions = 0
+    for node in encoder.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        scale, zero = initialisers.get(node.input[1]), initialisers.get(node.input[2])
+        assert zero is None or not zero.any()  # symmetric: every zero point is 0
+        data = initialisers.get(node.input[0])
+        if data is not None and data.ndim >= 2:  # weights are int8 (biases int32)
+            assert data.dtype == np.int8
+        if data is not None and data.ndim == 4:  # a convolution's weights: one scale each
+            assert scale.shape == (data.shape[0],)
+            convolutions += 1
+    assert convolutions == 4
+    assert [n.op_type for n in onnx.load(paths["rollout"]).graph.node] == ["Scan"]
+
+    fp32, _ = quantize.measure_accuracy(
+        out / export.ENCODER_FILE, out / export.ROLLOUT_FILE, held, pre
+    )
+    int8, windows = quantize.measure_accuracy(paths["encoder"], paths["rollout"], held, pre)
+    assert windows == sum(e.window_starts(10).size for e in held) > 0
+    for head in HEADS:
+        for h in ("h1", "h5", "h10"):
+            assert int8[head][h] == pytest.approx(fp32[head][h], rel=0.25, abs=0.02), (head, h)
+    # Outputs of the two precisions on the same inputs stay close.
+    episode = held[0]
+    inputs = pre.normalise({name: episode.arrays[name][:8] for name in INPUT_NAMES})
+    actions = episode.arrays["action"][np.arange(8)[:, None] + np.arange(5)].astype(np.float32)
+    results = []
+    for enc, roll in (
+        (out / export.ENCODER_FILE, out / export.ROLLOUT_FILE),
+        (paths["encoder"], paths["rollout"]),
+    ):
+        (z,) = quantize.session(enc).run(["z"], inputs)
+        results.append(quantize.session(roll).run(["ee_position_m"], {"z": z, "actions": actions}))
+    assert np.abs(results[0][0] - results[1][0]).max() < 0.02  # metres
+
+
+def test_wmpc_quantize_updates_the_manifest(synthetic_bags, cli_model, capsys):
+    out = cli_model
+    capsys.readouterr()
+    assert main(["quantize", str(out), "--calib", str(synthetic_bags), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    document = read_manifest(out).raw  # the runtime's reader: checks every sha256
+    assert document["precision"] == "int8"
+    assert document["files"]["encoder"]["int8"]["path"] == "encoder.int8.onnx"
+    assert (out / "encoder.onnx").is_file() and (out / "rollout.int8.onnx").is_file()
+    assert set(document["accuracy"]) == {"fp32", "int8"}
+    assert summary["accuracy"] == document["accuracy"]
+    for precision in ("fp32", "int8"):
+        assert set(document["accuracy"][precision]) == set(HEADS)
+        assert all(
+            v is not None for v in document["accuracy"][precision]["ee_position_m"].values()
+        )
+    info = document["accuracy_info"]
+    assert info["episodes"] == document["training"]["held_out_episodes"]
+    assert info["calibration"]["format"] == "QDQ"
+    assert document["inputs"]["encoder"][0]["shape"] == [None, 3, 64, 64]
+
+
+def test_calibrating_on_training_episodes_only_is_refused(
+    synthetic_bags, cli_model, tmp_path, capsys
+):
+    out = cli_model
+    document = json.loads((out / "manifest.json").read_text())
+    only_train = tmp_path / "train_bags"
+    only_train.mkdir()
+    for name in document["training"]["train_episodes"]:
+        shutil.copytree(synthetic_bags / name, only_train / name)
+    capsys.readouterr()
+    assert main(["quantize", str(out), "--calib", str(only_train)]) == 2
+    assert "was used for training" in capsys.readouterr().err

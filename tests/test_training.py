@@ -1,0 +1,98 @@
+"""Training: reproducibility for a seed, data split and windows, learning, checkpoints, curves.
+
+Tiny models on the synthetic episode bags of conftest, so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmpc.config import ConfigError, PreprocessConfig, TrainConfig
+from wmpc.training import train
+from wmpc.training.dataset import DatasetSettings, prepare_episodes
+
+TINY = {
+    "batch_size": 32,
+    "horizon": 2,
+    "hidden_dim": 32,
+    "latent_dim": 16,
+    "log_period_s": 1e3,
+    "num_threads": 1,
+}
+# 32 x 32 images keep the convolutions (the bulk of the cost) small in tests.
+SMALL_IMAGES = DatasetSettings(preprocess=PreprocessConfig(image_height=32, image_width=32))
+
+
+@pytest.fixture(scope="module")
+def episodes(synthetic_bags):
+    return prepare_episodes(synthetic_bags, SMALL_IMAGES)
+
+
+def run(episodes, **overrides):
+    train_eps, held_out = train.split_episodes(episodes, 0.25, 0)
+    config = TrainConfig(**{**TINY, "epochs": 1, **overrides})
+    return train.train(train_eps, held_out, config, progress=lambda line: None)
+
+
+def test_two_runs_with_one_seed_give_identical_weights(episodes):
+    first = run(episodes, seed=7).net.state_dict()
+    second = run(episodes, seed=7).net.state_dict()
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    other = run(episodes, seed=8).net.state_dict()
+    assert not torch.equal(first["fuse.0.weight"], other["fuse.0.weight"])
+
+
+def test_split_is_seeded_disjoint_and_complete(episodes):
+    train_eps, held = train.split_episodes(episodes, 0.25, 3)
+    assert len(held) == 1 and len(train_eps) == 3
+    assert {e.name for e in train_eps} | {e.name for e in held} == {e.name for e in episodes}
+    again = train.split_episodes(list(reversed(episodes)), 0.25, 3)
+    assert [e.name for e in again[1]] == [e.name for e in held]
+    assert train.split_episodes(episodes, 0.0, 3)[1] == []
+    assert len(train.split_episodes(episodes[:1], 0.5, 3)[0]) == 1  # one episode: all train
+
+
+def test_windows_stay_inside_their_episode(episodes):
+    data = train.stack_episodes(episodes, horizon=4)
+    boundaries = set()
+    row = 0
+    for e in episodes:
+        row += e.ticks
+        boundaries.add(row)
+    for start in data.starts:
+        assert not any(start < b < start + 5 for b in boundaries)
+    assert data.starts.size == sum(e.window_starts(4).size for e in episodes)
+
+
+def test_training_reduces_the_loss_and_checkpoints_round_trip(episodes, tmp_path):
+    result = run(episodes, epochs=12, learning_rate=3e-3)
+    epoch_ends = [row for row in result.history if float(row["epoch"]).is_integer()]
+    assert len(epoch_ends) == 12
+    # Three toy episodes are learned quickly: the training loss falls by more than half.
+    assert epoch_ends[-1]["total"] < 0.5 * epoch_ends[0]["total"]
+    assert epoch_ends[-1]["ee_position_m"] < 0.5 * epoch_ends[0]["ee_position_m"]
+    assert len(result.validation) == 12
+    assert result.summary["windows_per_s"] > 0
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(result, path)
+    loaded = train.load_checkpoint(path)
+    z = torch.randn(3, 16)
+    actions = torch.rand(3, 4, 4) * 0.01
+    with torch.no_grad():
+        expected = result.net.rollout(z, actions)
+        got = loaded.rollout(z, actions)
+    for name in expected:
+        assert torch.equal(expected[name], got[name])
+    curves = train.plot_curves(result, tmp_path / "curves")
+    assert [p.name for p in curves] == ["loss.png", "loss_terms.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in curves)
+
+
+def test_bad_training_settings_are_named(episodes):
+    with pytest.raises(ConfigError, match="held_out_fraction"):
+        TrainConfig(held_out_fraction=1.0)
+    with pytest.raises(ValueError, match="no training window of 101 consecutive ticks"):
+        run(episodes, horizon=100)
