@@ -1,14 +1,91 @@
-"""Run the main job: a short closed-loop simulated task with the shipped model."""
+"""Run the main job: the shipped world model driving the simulated arm, closed loop.
 
-from wmpc.commands._unbuilt import not_built
+The MuJoCo sim node and the runtime node run over real DDS, on sim time, as on a robot;
+`wmpc record` records every topic meanwhile. Then the scripted expert runs the same seeds
+for comparison, `wmpc evaluate` replays the recording through the model offline, and the
+results table is printed. Everything lands in runs/demo-<time>/:
+  bag/              the recorded topics (MCAP, zstd per message)
+  sim.json          closed-loop results per controller (same keys as `wmpc sim --json`)
+  report/           index.html, PNG plots (force, end-effector path, latency), report.json
+
+examples:
+  wmpc demo                          # press, 2 episodes
+  wmpc demo --task reach --episodes 3
+"""
+
+from __future__ import annotations
 
 HELP = "Run the main job: a short closed-loop simulated task with the shipped model."
 
 
 def add_arguments(parser) -> None:
-    """No options yet: this command has not landed."""
+    """--task, --episodes, --seed, --model, --runs-dir."""
+    from pathlib import Path
+
+    parser.add_argument(
+        "--task", choices=("reach", "press", "push"), default="press", help="(default press)"
+    )
+    parser.add_argument("--episodes", type=int, default=2, help="episodes (default 2)")
+    parser.add_argument(
+        "--seed", type=int, default=5000, help="first seed (default 5000, not in training data)"
+    )
+    parser.add_argument(
+        "--model", default="", metavar="DIR", help="model (default: the shipped models/default)"
+    )
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="(default runs/)")
 
 
 def run(args) -> int:
-    """Not built yet."""
-    return not_built("demo", 5)
+    """Record, run the closed loop and the expert, evaluate the bag, print the table."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from wmpc.cli import main as wmpc_main
+    from wmpc.errors import WmpcError
+    from wmpc.paths import share_path
+
+    model = args.model or str(share_path("models", "default"))
+    if not os.path.isfile(os.path.join(model, "manifest.json")):
+        raise WmpcError(
+            f"no model at {model}: the shipped model is missing (see README, 'The world "
+            "model', for the commands that make it)"
+        )
+    out = (args.runs_dir / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True)
+    bag = out / "bag"
+    print(f"demo: {args.episodes} {args.task} episode(s) from seed {args.seed} -> {out}")
+    recorder = [sys.executable, "-m", "wmpc.cli", "record", str(bag), "--all"]
+    recorder += ["--compression-mode", "message", "--progress-period", "1000"]
+    record = subprocess.Popen(recorder, start_new_session=True)
+    try:
+        time.sleep(2.0)  # let the recorder join the graph before the first message
+        sim_json = out / "sim.json"
+        argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
+        argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
+        if args.model:
+            argv += ["--model", args.model]
+        with open(sim_json, "w") as stream:
+            saved, sys.stdout = sys.stdout, stream
+            try:
+                code = wmpc_main(argv)
+            finally:
+                sys.stdout = saved
+        if code != 0:
+            raise WmpcError(f"the closed-loop run failed (exit code {code}); see above")
+    finally:
+        record.send_signal(signal.SIGINT)
+        record.wait(timeout=60)
+    report = json.loads(sim_json.read_text())
+    print("demo: evaluating the recording offline ...", file=sys.stderr)
+    evaluate = ["evaluate", str(bag), "--model", model, "--report", str(out / "report")]
+    code = wmpc_main([*evaluate, "--quiet", "--task", args.task])
+    from wmpc.commands.sim import results_table
+
+    print()
+    print(results_table(args.task, args.seed, report["results"]))
+    print(f"\nbag: {bag}\nreport: {out / 'report' / 'index.html'}\nresults: {sim_json}")
+    return code
