@@ -112,6 +112,27 @@ def test_from_config_uses_the_parameters(built):
     assert model.precision == "fp32" and model.provider == "CPUExecutionProvider"
 
 
+QDQ_CLEANUP = "session.enable_quant_qdq_cleanup"
+
+
+def _cleanup_entry(session) -> str | None:
+    try:
+        return session.get_session_options().get_session_config_entry(QDQ_CLEANUP)
+    except RuntimeError:  # onnxruntime's answer for a key that was never set
+        return None
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_cpu_sessions_get_one_thread_and_the_qdq_cleanup_by_default(built, cleanup):
+    values = {"model_dir": str(built), "providers": GPU_FIRST, "qdq_cleanup": cleanup}
+    model = WorldModel.from_config(build_config(ModelConfig, values))
+    for session in (model.encoder_session, model.rollout_session):
+        assert session.get_session_options().intra_op_num_threads == 1
+        assert _cleanup_entry(session) == ("1" if cleanup else None)
+    two = WorldModel.from_config(build_config(ModelConfig, {**values, "intra_op_threads": 2}))
+    assert two.rollout_session.get_session_options().intra_op_num_threads == 2
+
+
 def test_unavailable_providers_are_skipped_with_one_warning_each_and_degraded_once(built, caplog):
     caplog.set_level(logging.WARNING, logger="wmpc.model")
     model = WorldModel.load(built, "int8", providers=GPU_FIRST)
