@@ -240,3 +240,29 @@ def run_node_with_option(
     value = getattr(parser.parse_args(remove_ros_args(argv)[1:]), option.replace("-", "_"))
     overrides = [Parameter(parameter, value=value)] if value else []
     return run_node(lambda: make_node(overrides))
+
+
+def command_node_main(
+    node_name: str, command, run: Callable[[Any, list[str]], int], argv: list[str] | None
+) -> int:
+    """main() of a node that takes a `wmpc` sub-command's options (record, replay).
+
+    The options are parsed exactly as `wmpc <command>` parses them, ROS arguments removed;
+    a WmpcError becomes one line and exit code 2.
+    """
+    import argparse
+
+    from rclpy.utilities import remove_ros_args
+
+    from wmpc.paths import ensure_venv_prefix
+
+    ensure_venv_prefix()
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=node_name, description=command.__doc__)
+    command.add_arguments(parser)
+    args = parser.parse_args(remove_ros_args(argv)[1:])
+    try:
+        return run(args, argv)
+    except WmpcError as exc:
+        print(f"{node_name}: error: {exc}", file=sys.stderr)
+        return 2

@@ -27,8 +27,7 @@ from rclpy.signals import SignalHandlerOptions
 from wmpc.bag.reader import BagError
 from wmpc.bag.writer import BagWriter, subscription_qos
 from wmpc.config import ConfigError, RecordConfig
-from wmpc.errors import WmpcError
-from wmpc.nodes.common import declare_config
+from wmpc.nodes.common import command_node_main, declare_config
 from wmpc.nodes.replay import message_class, parameter_overrides, qos_from_ros, qos_to_ros
 
 NODE_NAME = "record_node"
@@ -186,23 +185,9 @@ def run(args: Any, ros_argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the record_node executable: `record_node OUT [options] [--ros-args ...]`."""
-    import argparse
-
-    from rclpy.utilities import remove_ros_args
-
     from wmpc.commands import record as command
-    from wmpc.paths import ensure_venv_prefix
 
-    ensure_venv_prefix()
-    argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=NODE_NAME, description=command.__doc__)
-    command.add_arguments(parser)
-    args = parser.parse_args(remove_ros_args(argv)[1:])
-    try:
-        return run(args, argv)
-    except WmpcError as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-        return 2
+    return command_node_main(NODE_NAME, command, run, argv)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from wmpc.bag.player import (
 from wmpc.bag.reader import TopicInfo, open_bag
 from wmpc.config import ConfigError, ReplayConfig
 from wmpc.errors import WmpcError
-from wmpc.nodes.common import declare_config
+from wmpc.nodes.common import command_node_main, declare_config
 
 NODE_NAME = "replay_node"
 _MAX_NS = 2**63 - 1
@@ -359,23 +359,9 @@ def run(args: Any, ros_argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the replay_node executable: `replay_node BAG [options] [--ros-args ...]`."""
-    import argparse
-
-    from rclpy.utilities import remove_ros_args
-
     from wmpc.commands import replay as command
-    from wmpc.paths import ensure_venv_prefix
 
-    ensure_venv_prefix()
-    argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=NODE_NAME, description=command.__doc__)
-    command.add_arguments(parser)
-    args = parser.parse_args(remove_ros_args(argv)[1:])
-    try:
-        return run(args, argv)
-    except WmpcError as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-        return 2
+    return command_node_main(NODE_NAME, command, run, argv)
 
 
 if __name__ == "__main__":
