@@ -33,6 +33,13 @@ def add_arguments(parser) -> None:
         "--model", default="", metavar="DIR", help="model (default: the shipped models/default)"
     )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="(default runs/)")
+    parser.add_argument(
+        "--real-time-factor",
+        type=float,
+        default=0.5,
+        help="sim seconds per wall second (default 0.5: on a 2-core host the renderer, the "
+        "physics and the planner share the CPU, and the loop runs on sim time)",
+    )
 
 
 def run(args) -> int:
@@ -66,6 +73,7 @@ def run(args) -> int:
         sim_json = out / "sim.json"
         argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
         argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
+        argv += ["--real-time-factor", str(args.real_time_factor)]
         if args.model:
             argv += ["--model", args.model]
         with open(sim_json, "w") as stream:
