@@ -3,9 +3,17 @@
 Shapes follow the manifest: encoder inputs are the normalised model inputs of
 `wmpc.preprocess`; actions are in physical units (m, m, m, N) and scaled to [-1, 1] inside the
 network, and heads answer in physical units, so the exported graphs need no extra metadata.
-The latent is layer-normalised after the encoder and after every dynamics step (TD-MPC2
-bounds its latent the same way, with SimNorm), which keeps multi-step rollouts from drifting
-in scale.
+
+The latent has two parts. The last 3 values are the end-effector position, normalised as in
+the proprio input, copied in by the encoder and advanced by the dynamics as a residual
+(ee' = ee + gain * step + delta(z, a), the gain starting at "the ee follows the commanded
+step"); the ee head reads them back in metres. Decoding an absolute position
+from a learned code costs about a centimetre of precision; carrying it explicitly keeps
+one-step predictions at the millimetre level. The other values are learned and
+layer-normalised after the encoder and after every dynamics step (TD-MPC2 bounds its latent
+the same way, with SimNorm), which keeps multi-step rollouts from drifting in scale. The
+marker is predicted in the base frame and returned relative to the predicted ee, so it moves
+exactly with the arm.
 """
 
 from __future__ import annotations
@@ -25,9 +33,14 @@ HEADS = {
     "marker_rel_m": (3, "m"),
     "block_position_m": (3, "m"),
 }
-# Heads regressed in normalised units; contact_prob is a logit trained with cross-entropy.
+# Heads regressed in metres / newtons; contact_prob is a logit trained with cross-entropy.
 REGRESSION_HEADS = ("ee_position_m", "contact_force_n", "marker_rel_m", "block_position_m")
+# Label statistics the network keeps, by head: the learned heads' output scales. The marker
+# head predicts the marker in the base frame (then subtracts the ee), so its statistics are
+# those of the marker position; the ee head is the latent's ee part and needs none.
+LABEL_STATS = ("contact_force_n", "marker_rel_m", "block_position_m")
 MODALITY_WIDTH = 128
+EE_DIMS = 3
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -70,10 +83,21 @@ class WorldModelNet(nn.Module):
         label_std: Mapping[str, Sequence[float]],
         latent_dim: int = 64,
         hidden_dim: int = 256,
+        *,
+        ee_input_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        ee_input_std: Sequence[float] = (1.0, 1.0, 1.0),
     ):
+        """`label_mean`/`label_std`: per head in LABEL_STATS (other keys are ignored).
+        `ee_input_mean`/`ee_input_std`: the proprio input's normalisation of the ee position
+        (the default, identity, is for inputs that are not normalised)."""
         super().__init__()
         self.input_shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
         self.latent_dim = latent_dim
+        # proprio = joint positions (J), ee position (3), wrist wrench (6)
+        self.ee_index = int(np.prod(self.input_shapes["proprio"])) - EE_DIMS - 6
+        learned = latent_dim - EE_DIMS
+        if learned < 1:
+            raise ValueError(f"latent_dim must exceed {EE_DIMS}, got {latent_dim}")
         image_c, image_h, image_w = self.input_shapes["image"]
         if image_c != 3 or image_h % 16 or image_w % 16:
             raise ValueError(f"image input must be (3, H, W) with H, W multiples of 16: {image_c}")
@@ -82,25 +106,36 @@ class WorldModelNet(nn.Module):
         self.audio = _mlp([int(np.prod(self.input_shapes["audio"])), hidden_dim, width])
         self.tactile = _mlp([int(np.prod(self.input_shapes["tactile"])), hidden_dim, width])
         self.proprio = _mlp([int(np.prod(self.input_shapes["proprio"])), hidden_dim, width])
-        self.fuse = _mlp([4 * width, hidden_dim, latent_dim])
-        self.fuse_norm = nn.LayerNorm(latent_dim)
+        self.fuse = _mlp([4 * width, hidden_dim, learned])
+        self.fuse_norm = nn.LayerNorm(learned)
         action_dim = len(action_low)
         self.dynamics = _mlp([latent_dim + action_dim, hidden_dim, hidden_dim, latent_dim])
-        self.dynamics_norm = nn.LayerNorm(latent_dim)
+        self.dynamics_norm = nn.LayerNorm(learned)
         # One shared trunk: the planner evaluates every head at every step of every sample.
         self.head_trunk = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU())
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(hidden_dim, size) for name, (size, _) in HEADS.items()}
+            {
+                name: nn.Linear(hidden_dim, HEADS[name][0])
+                for name in ("contact_force_n", "contact_prob", "marker_rel_m", "block_position_m")
+            }
         )
         low = torch.tensor(action_low, dtype=torch.float32)
         high = torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_centre", (high + low) / 2)
         self.register_buffer("action_half_range", (high - low) / 2)
-        for name in REGRESSION_HEADS:
+        missing = [name for name in LABEL_STATS if name not in label_mean or name not in label_std]
+        if missing:
+            raise ValueError(f"label statistics lack head(s) {missing}; need {LABEL_STATS}")
+        for name in LABEL_STATS:
             self.register_buffer(
                 f"{name}_mean", torch.tensor(label_mean[name], dtype=torch.float32)
             )
             self.register_buffer(f"{name}_std", torch.tensor(label_std[name], dtype=torch.float32))
+        self.register_buffer("ee_input_mean", torch.tensor(ee_input_mean, dtype=torch.float32))
+        self.register_buffer("ee_input_std", torch.tensor(ee_input_std, dtype=torch.float32))
+        # The commanded step moves the ee: start from ee' = ee + step (in normalised units)
+        # and let the dynamics learn the arm's lag and the contacts on top of it.
+        self.step_gain = nn.Parameter(1.0 / self.ee_input_std.clone())
 
     def encode(
         self,
@@ -116,34 +151,54 @@ class WorldModelNet(nn.Module):
             self.tactile(torch.flatten(tactile, 1)),
             self.proprio(torch.flatten(proprio, 1)),
         ]
-        return self.fuse_norm(self.fuse(torch.relu(torch.cat(parts, dim=1))))
+        learned = self.fuse_norm(self.fuse(torch.relu(torch.cat(parts, dim=1))))
+        ee = proprio[:, self.ee_index : self.ee_index + EE_DIMS]
+        return torch.cat([learned, ee], dim=1)
 
     def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """One latent step: z (N, L), action (N, A) in physical units -> z' (N, L)."""
         scaled = (action - self.action_centre) / self.action_half_range
-        return self.dynamics_norm(z + self.dynamics(torch.cat([z, scaled], dim=1)))
+        delta = self.dynamics(torch.cat([z, scaled], dim=1))
+        learned = self.dynamics_norm(z[:, :-EE_DIMS] + delta[:, :-EE_DIMS])
+        ee = z[:, -EE_DIMS:] + delta[:, -EE_DIMS:] + action[:, :EE_DIMS] * self.step_gain
+        return torch.cat([learned, ee], dim=1)
 
-    def head_outputs(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw head outputs on z (..., L): normalised regressions and the contact logit."""
+    def predict(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Heads on z (N, L) in units; contact_prob is returned as its logit `contact_logit`."""
         features = self.head_trunk(z)
-        return {name: head(features) for name, head in self.heads.items()}
+        ee = z[:, -EE_DIMS:] * self.ee_input_std + self.ee_input_mean
 
-    def to_units(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Raw head outputs -> physical units (contact_prob through a sigmoid)."""
-        out = {}
-        for name in HEADS:
-            if name == "contact_prob":
-                out[name] = torch.sigmoid(raw[name])
-            else:
-                mean = getattr(self, f"{name}_mean")
-                std = getattr(self, f"{name}_std")
-                out[name] = raw[name] * std + mean
+        def scaled(name: str, stats: str) -> torch.Tensor:
+            std, mean = getattr(self, f"{stats}_std"), getattr(self, f"{stats}_mean")
+            return self.heads[name](features) * std + mean
+
+        return {
+            "ee_position_m": ee,
+            "contact_force_n": scaled("contact_force_n", "contact_force_n"),
+            "contact_logit": self.heads["contact_prob"](features),
+            "marker_rel_m": scaled("marker_rel_m", "marker_rel_m") - ee,
+            "block_position_m": scaled("block_position_m", "block_position_m"),
+        }
+
+    def loss_scales(self) -> dict[str, torch.Tensor]:
+        """Per-head error scales (a typical spread of the label), for the regression losses."""
+        return {
+            "ee_position_m": self.ee_input_std,
+            "contact_force_n": self.contact_force_n_std,
+            "marker_rel_m": self.marker_rel_m_std,
+            "block_position_m": self.block_position_m_std,
+        }
+
+    def heads_in_units(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head on z (N, L) in physical units, contact_prob as a probability."""
+        out = self.predict(z)
+        out["contact_prob"] = torch.sigmoid(out.pop("contact_logit"))
         return out
 
     def step(self, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """z (K, L), action (K, A) -> (z', then every head at z' in units, in HEADS order)."""
         z_next = self.next(z, action)
-        heads = self.to_units(self.head_outputs(z_next))
+        heads = self.heads_in_units(z_next)
         return (z_next, *(heads[name] for name in HEADS))
 
     def rollout(self, z: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,8 +10,12 @@ calibration. Calibration data come from held-out episodes only:
   recorded actions and once with uniformly sampled actions (what a sampling planner feeds it),
   and then wrapped in the same Scan as the fp32 rollout.
 
-Everything is ordered and seeded, so the same inputs give byte-identical INT8 files.
-The fp32 files stay beside the INT8 ones.
+Convolutions and matrix products are quantized (weights and inputs); their outputs, layer
+norms and element-wise ops stay float, and so do the few products that read a tensor which
+also flows on into the latent unrounded (the rollout state z', the ee position sliced from the
+proprio input): ONNX Runtime rounds a tensor once for all its readers, and an 8-bit state or
+ee position costs millimetres every step. Everything is ordered and seeded, so the same
+inputs give byte-identical INT8 files. The fp32 files stay beside the INT8 ones.
 """
 
 from __future__ import annotations
@@ -145,6 +149,14 @@ def quantize_graph(model: onnx.ModelProto, out_path: Path, batches: list[dict]) 
         onnx.save(model, source)
         # Shape inference and constant folding first, as ONNX Runtime recommends for QDQ.
         quant_pre_process(str(source), str(prepared))
+        # Tensors that also flow on unquantized into the latent must not be rounded to 8 bits
+        # for their quantized readers (ONNX Runtime shares that rounding with every reader):
+        # the state z' (a graph output, read again by the heads) and the ee position sliced
+        # from the proprio input. Their readers stay fp32; everything else is INT8.
+        graph = onnx.load(prepared).graph
+        keep = {value.name for value in graph.output}
+        keep |= {n.input[0] for n in graph.node if n.op_type == "Slice"}
+        float_nodes = [n.name for n in graph.node if keep.intersection(n.input)]
         quantize_static(
             str(prepared),
             str(out_path),
@@ -156,7 +168,12 @@ def quantize_graph(model: onnx.ModelProto, out_path: Path, batches: list[dict]) 
             calibrate_method=CalibrationMethod.MinMax,
             # The matrix products carry the cost; layer norms and activations stay float.
             op_types_to_quantize=list(QUANTIZED_OPS),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            nodes_to_exclude=float_nodes,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "OpTypesToExcludeOutputQuantization": ["Gemm", "Conv"],
+            },
         )
 
 

@@ -34,12 +34,14 @@ from wmpc.training.dataset import (
     Episode,
     check_compatible,
 )
-from wmpc.training.model import HEADS, REGRESSION_HEADS, WorldModelNet
+from wmpc.training.model import HEADS, LABEL_STATS, REGRESSION_HEADS, WorldModelNet
 
 log = logging.getLogger(__name__)
 
 PRIVILEGED_HEADS = ("marker_rel_m", "block_position_m")
-MIN_LABEL_STD = 1e-3
+# Std floors of the label statistics: the marker and the block sit at a constant height, and
+# an error scale of a millimetre there would drown every other loss term.
+MIN_LABEL_STD = {"contact_force_n": 0.1, "marker_rel_m": 0.01, "block_position_m": 0.01}
 VALIDATION_WINDOWS = 2048
 
 
@@ -98,20 +100,34 @@ def split_episodes(
 
 
 def label_statistics(data: StackedEpisodes) -> tuple[dict[str, list], dict[str, list]]:
-    """Mean and std per regression head over the training rows (privileged rows only for
-    the privileged heads; 0 and 1 when no row has them)."""
+    """Mean and std per head in LABEL_STATS over the training rows (marker_rel_m: of the
+    marker position, which its head predicts); marker and block over privileged rows only
+    (0 and 1 when none has them)."""
+    values = {
+        "contact_force_n": data.labels["contact_force_n"],
+        "marker_rel_m": (data.labels["marker_rel_m"] + data.labels["ee_position_m"])[
+            data.privileged
+        ],
+        "block_position_m": data.labels["block_position_m"][data.privileged],
+    }
     mean, std = {}, {}
-    for name in REGRESSION_HEADS:
-        values = data.labels[name]
-        if name in PRIVILEGED_HEADS:
-            values = values[data.privileged]
-        if values.shape[0] == 0:
-            mean[name] = [0.0] * HEADS[name][0]
-            std[name] = [1.0] * HEADS[name][0]
+    for name in LABEL_STATS:
+        x = values[name]
+        if x.shape[0] == 0:
+            mean[name], std[name] = [0.0] * x.shape[1], [1.0] * x.shape[1]
             continue
-        mean[name] = values.mean(axis=0).astype(float).tolist()
-        std[name] = np.maximum(values.std(axis=0), MIN_LABEL_STD).astype(float).tolist()
+        mean[name] = x.mean(axis=0).astype(float).tolist()
+        std[name] = np.maximum(x.std(axis=0), MIN_LABEL_STD[name]).astype(float).tolist()
     return mean, std
+
+
+def ee_input_statistics(
+    pre: Preprocessor, normalisation: dict[str, Any]
+) -> tuple[list[float], list[float]]:
+    """The proprio input's normalisation (mean, std) of the ee position."""
+    index = len(pre.joint_names)  # proprio = joint positions, ee position, wrench
+    proprio = normalisation["proprio"]
+    return proprio["mean"][index : index + 3], proprio["std"][index : index + 3]
 
 
 def _batch(
@@ -132,17 +148,17 @@ def _head_losses(
     net: WorldModelNet, z: torch.Tensor, labels: dict[str, torch.Tensor], mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Per-head losses at one rollout step: z (B, L), labels (B, size), mask (B,)."""
-    raw = net.head_outputs(z)
+    predicted = net.predict(z)
+    scales = net.loss_scales()
     out = {}
     for name in REGRESSION_HEADS:
-        target = (labels[name] - getattr(net, f"{name}_mean")) / getattr(net, f"{name}_std")
-        error = (raw[name] - target).pow(2).mean(dim=1)  # (B,)
+        error = ((predicted[name] - labels[name]) / scales[name]).pow(2).mean(dim=1)  # (B,)
         if name in PRIVILEGED_HEADS:
             out[name] = (error * mask).sum() / mask.sum().clamp(min=1.0)
         else:
             out[name] = error.mean()
     out["contact_prob"] = functional.binary_cross_entropy_with_logits(
-        raw["contact_prob"], labels["contact_prob"]
+        predicted["contact_logit"], labels["contact_prob"]
     )
     return out
 
@@ -231,6 +247,7 @@ def train(
     normalisation = compute_normalisation(data.features, preprocess.min_std)
     pre = Preprocessor(modalities, normalisation)
     label_mean, label_std = label_statistics(data)
+    ee_mean, ee_std = ee_input_statistics(pre, normalisation)
     net = WorldModelNet(
         pre.input_shapes,
         ACTION_LOW,
@@ -239,6 +256,8 @@ def train(
         label_std,
         latent_dim=config.latent_dim,
         hidden_dim=config.hidden_dim,
+        ee_input_mean=ee_mean,
+        ee_input_std=ee_std,
     )
     optimiser = torch.optim.Adam(
         net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -388,6 +407,8 @@ def save_checkpoint(result: TrainResult, path: Path) -> None:
             "hidden_dim": result.summary["config"]["hidden_dim"],
             "label_mean": result.summary["label_mean"],
             "label_std": result.summary["label_std"],
+            "ee_input_mean": net.ee_input_mean.tolist(),
+            "ee_input_std": net.ee_input_std.tolist(),
             "modalities": result.modalities,
             "normalisation": result.normalisation,
         },
@@ -397,7 +418,7 @@ def save_checkpoint(result: TrainResult, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> WorldModelNet:
     """Rebuild the network saved by `save_checkpoint`."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = _renamed_marker_statistics(torch.load(path, map_location="cpu", weights_only=True))
     net = WorldModelNet(
         saved["input_shapes"],
         ACTION_LOW,
@@ -406,10 +427,27 @@ def load_checkpoint(path: Path) -> WorldModelNet:
         saved["label_std"],
         latent_dim=saved["latent_dim"],
         hidden_dim=saved["hidden_dim"],
+        ee_input_mean=saved["ee_input_mean"],
+        ee_input_std=saved["ee_input_std"],
     )
     net.load_state_dict(saved["state_dict"])
     net.eval()
     return net
+
+
+def _renamed_marker_statistics(saved: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints of the first ee-latent networks kept the marker head's statistics under
+    'marker_position_m' (and an 'ee_index' the network now derives): read them as today's."""
+    old, new = "marker_position_m", "marker_rel_m"
+    for key in ("label_mean", "label_std"):
+        if old in saved[key]:
+            saved[key][new] = saved[key].pop(old)
+    state = saved["state_dict"]
+    for suffix in ("_mean", "_std"):
+        if old + suffix in state:
+            state[new + suffix] = state.pop(old + suffix)
+    saved.pop("ee_index", None)
+    return saved
 
 
 def plot_curves(result: TrainResult, out_dir: Path) -> list[Path]:
