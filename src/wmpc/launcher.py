@@ -125,8 +125,10 @@ class NodeProcessGroup:
             self._say("launch", "stopping all nodes")
         finally:
             self._stop(procs)
+            # The nodes are gone; give their output 2 s in all to drain, not 2 s per node.
+            deadline = time.monotonic() + 2.0
             for thread in pumps:
-                thread.join(timeout=2)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
             self._report_exits(procs)
             signal.signal(signal.SIGTERM, previous)
         if interrupted:
