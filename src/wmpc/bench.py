@@ -69,8 +69,10 @@ SECTIONS: dict[str, Callable] = {}
 
 # The budget TD-MPC2 plans with: 512 samples x 6 iterations over a horizon of 3.
 TDMPC2_BUDGET = {"samples": 512, "iterations": 6, "horizon": 3}
-# Both planners get the same CPU threads: the 2 cores of the machine the targets are set on.
-PLANNER_THREADS = 2
+# Both planners get the same CPU threads. One, as the runtime uses (ModelConfig default):
+# these small matrices do not split well, and with two threads a loaded 2-core host makes
+# torch collapse, which would flatter the speedup (measured: a "6-27x" that was contention).
+PLANNER_THREADS = 1
 CAMERA_RATE_HZ = 30.0
 CAMERA_HW = (480, 640)
 AUDIO_CHUNK_SAMPLES = 512
