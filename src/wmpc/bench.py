@@ -345,9 +345,7 @@ def replay_section(args) -> dict:
     """Replay throughput flat out (640x480 images) and offline evaluate speed."""
     from wmpc.bag.player import bench_replay
 
-    figures = {
-        k: v for k, v in bench_replay().items() if k.startswith(("replay_", "spacing_"))
-    }
+    figures = {k: v for k, v in bench_replay().items() if k.startswith(("replay_", "spacing_"))}
     from wmpc.evaluate import bench_evaluate
 
     bag = args.bag

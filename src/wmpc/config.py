@@ -341,14 +341,16 @@ class RecordConfig:
     )
     storage: str = param("mcap", "storage format of the bag", one_of("mcap", "sqlite3"))
     max_bag_size_bytes: int = param(
-        0, "start a new split file when the current one holds this many bytes (0 = never)",
+        0,
+        "start a new split file when the current one holds this many bytes (0 = never)",
         non_negative,
     )
     max_bag_duration_s: float = param(
         0.0, "start a new split file after this much recorded time (0 = never)", non_negative
     )
     compression_mode: str = param(
-        "none", "zstd compression of whole files or of each message",
+        "none",
+        "zstd compression of whole files or of each message",
         one_of("none", "file", "message"),
     )
     discovery_period_s: float = param(0.5, "how often the graph is polled for topics", positive)
@@ -362,8 +364,9 @@ class ReplayConfig:
     """replay_node (`wmpc replay`): how a bag is played back, as `ros2 bag play` does it."""
 
     rate: float = param(
-        1.0, "playback rate (2.0 = twice as fast; 0 = as fast as possible); can be set while "
-        "playing", non_negative,
+        1.0,
+        "playback rate (2.0 = twice as fast; 0 = as fast as possible); can be set while playing",
+        non_negative,
     )
     loop: bool = param(False, "start again from the beginning at the end of the bag")
     start_offset_s: float = param(0.0, "skip this much bag time from the start", non_negative)
@@ -387,11 +390,13 @@ class ReplayConfig:
         True, "space = pause/resume, s = step, up/down = rate, when stdin is a terminal"
     )
     wait_for_all_acked_s: float = param(
-        2.0, "at the end, wait up to this long for reliable subscribers to acknowledge",
+        2.0,
+        "at the end, wait up to this long for reliable subscribers to acknowledge",
         non_negative,
     )
     spin_wait_s: float = param(
-        0.002, "last part of each wait spent spinning instead of sleeping, for sub-ms spacing",
+        0.002,
+        "last part of each wait spent spinning instead of sleeping, for sub-ms spacing",
         non_negative,
     )
     progress_period_s: float = param(

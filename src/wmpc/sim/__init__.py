@@ -1,1 +1,1 @@
-"""MuJoCo world without ROS: scene, sensors, impedance controller, tasks and reference controllers."""
+"""MuJoCo world without ROS: scene, sensors, impedance controller, tasks, reference controllers."""
