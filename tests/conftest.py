@@ -7,6 +7,7 @@ this session (and every subprocess it starts) talks only to its own session, on 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import pytest
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # as the nodes use
+sys.setswitchinterval(1e-4)  # as the nodes use: wmpc.nodes.common.short_gil_slices
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     # Camera frames between processes: see wmpc.nodes.common.use_large_data_transport.
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # Nodes run in-process by `wmpc sim` and `wmpc bench`: see nodes.common.short_gil_slices.
+    sys.setswitchinterval(1e-4)
     from wmpc.paths import ensure_venv_prefix
 
     ensure_venv_prefix()

@@ -106,6 +106,16 @@ class RateLimitedLog:
             self._node.get_logger().error(message + suffix)
 
 
+def short_gil_slices() -> None:
+    """Hand the GIL between threads every 0.1 ms instead of Python's default 5 ms.
+
+    MuJoCo and ONNX Runtime release the GIL inside each call; while an executor thread is
+    busy dispatching callbacks, every re-acquire waited out the full slice. Measured: 100
+    physics steps took 0.78 s beside a busy Python thread at 5 ms, 0.05 s at 0.1 ms.
+    """
+    sys.setswitchinterval(1e-4)
+
+
 def use_large_data_transport() -> None:
     """Let Fast DDS carry 640x480 images reliably between processes, unless the user chose.
 
@@ -129,6 +139,7 @@ def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     # it starts a worker thread, and that orphaned thread then blocks interpreter exit.
     # SIGTERM (from `wmpc launch` or ros2 launch) ends the spin like Ctrl-C does.
     use_large_data_transport()
+    short_gil_slices()
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
