@@ -93,6 +93,10 @@ class NodeProcessGroup:
         procs: list[tuple[NodeSpec, subprocess.Popen]] = []
         pumps: list[threading.Thread] = []
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Started as a background job, a process inherits SIGINT *ignored* and Python then
+        # installs no KeyboardInterrupt handler: Ctrl-C (or a supervisor's SIGINT) would be
+        # lost and the nodes never stopped. Take SIGINT explicitly.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         code = 0
         interrupted = False
         try:
@@ -131,6 +135,7 @@ class NodeProcessGroup:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
             self._report_exits(procs)
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         if interrupted:
             unclean = [
                 f"{s.name} ({p.returncode})"
