@@ -21,6 +21,7 @@ COMMANDS = (
     "train",
     "quantize",
     "evaluate",
+    "ablate",
     "record",
     "replay",
     "launch",

@@ -70,9 +70,10 @@ from wmpc.training.dataset import (
     DatasetError,
     DatasetSettings,
     Episode,
-    _EpisodeBuilder,
-    _event_of,
+    EpisodeBuilder,
+    event_of,
 )
+from wmpc.training.metrics import METRICS, PRIVILEGED_HEADS, window_errors  # as the manifest's
 from wmpc.types import Goal, Pose, Wrench
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,6 @@ RUNTIME_NODE = "runtime_node"  # the node whose parameter file --params reads
 DEFAULT_TASK = "reach"
 CLOCK_SAMPLES = 101  # messages whose stamp - log time offset sets the bag's clock offset
 
-# The same errors as the manifest's accuracy figures (training.quantize.METRICS).
-METRICS = {
-    "ee_position_m": "mean Euclidean error (m)",
-    "contact_force_n": "mean absolute error (N)",
-    "contact_prob": "Brier score (mean squared error of the probability vs the 0/1 label)",
-    "marker_rel_m": "mean Euclidean error (m), ticks with privileged labels only",
-    "block_position_m": "mean Euclidean error (m), ticks with privileged labels only",
-}
-PRIVILEGED_HEADS = ("marker_rel_m", "block_position_m")
 ERROR_UNITS = {
     "ee_position_m": "m",
     "contact_force_n": "N",
@@ -246,7 +238,7 @@ def _decode(kind: str, msg: Any, log_ns: int, rate_hz: int) -> tuple[int, Any]:
         return round(stamp_s * NS), wrench
     if kind == "estop":
         return log_ns, bool(msg.data)  # std_msgs/Bool has no stamp: it counts when logged
-    return _event_of(kind, msg, rate_hz)
+    return event_of(kind, msg, rate_hz)
 
 
 @dataclass
@@ -280,7 +272,7 @@ class _NoFeatures:
         return {}
 
 
-class _EvaluationBuilder(_EpisodeBuilder):
+class _EvaluationBuilder(EpisodeBuilder):
     """The dataset's episode builder with the runtime's ControlLoop ticking on its grid.
 
     The builder and the loop share one SensorBuffer, so the tick's observation, the dataset's
@@ -294,6 +286,7 @@ class _EvaluationBuilder(_EpisodeBuilder):
         has_wrench_command: bool,
         has_pose_command: bool,
         task: str,
+        tick_stamps_s: Sequence[float] | None = None,
     ):
         super().__init__(settings, has_wrench_command)
         self.loop = loop
@@ -308,6 +301,16 @@ class _EvaluationBuilder(_EpisodeBuilder):
         self.recorded_pose: list[tuple[int, np.ndarray]] = []  # (stamp ns, target position)
         self.recorded_force: list[tuple[int, float]] = []  # (stamp ns, normal force)
         self.last_tick_ns: int | None = None
+        # Ticks at given stamps instead of the grid (e.g. those a live runtime ticked at, to
+        # compare the two tick by tick); the grid's first-command start then does not apply.
+        self.schedule_ns: list[int] | None = None
+        if tick_stamps_s is not None:
+            self.schedule_ns = sorted({round(float(s) * NS) for s in tick_stamps_s}, reverse=True)
+            self.next_tick_ns = self._next_scheduled()
+
+    def _next_scheduled(self) -> float:
+        """The next stamp of the schedule (ns), or +inf once it is used up (no more ticks)."""
+        return self.schedule_ns.pop() if self.schedule_ns else math.inf
 
     def _feed(self, event) -> None:
         kind, payload = event.kind, event.payload
@@ -347,6 +350,8 @@ class _EvaluationBuilder(_EpisodeBuilder):
         self.ticks.append(_tick_record(index, result))
         self.last_tick_ns = tick_ns
         super()._observe(tick_ns)
+        if self.schedule_ns is not None:
+            self.next_tick_ns = self._next_scheduled()
 
 
 def _tick_record(index: int, result: TickResult) -> _Tick:
@@ -423,6 +428,7 @@ class _Pass:
         task: str,
         label: str,
         progress: Callable[[str], None] | None,
+        tick_stamps_s: Sequence[float] | None = None,
     ):
         self.bag = bag
         self.model = model
@@ -431,6 +437,7 @@ class _Pass:
         self.task = task
         self.label = label
         self.progress = progress
+        self.tick_stamps_s = tick_stamps_s
         self.damage: str | None = None
 
     def run(self) -> ModelRun:
@@ -473,6 +480,7 @@ class _Pass:
             has_wrench_command=WRENCH_COMMAND_TOPIC in names,
             has_pose_command=POSE_COMMAND_TOPIC in names,
             task=self.task,
+            tick_stamps_s=self.tick_stamps_s,
         )
         counts = {name: TopicCount(kinds[name]) for name in sorted(names)}
         first_ns, last_log_ns, offset_ns = self._replay(bag, wanted, kinds, builder, counts)
@@ -531,6 +539,17 @@ class _Pass:
         series["plan_latency_ms"] = np.array(
             [t.plan_latency_s * 1e3 for t in builder.ticks if t.planned]
         )
+        # Every tick's command as the runtime would have published it (NaN: nothing sent),
+        # for comparing with a live runtime on the same bag (tests/test_replay_parity.py).
+        series["tick_stamp_s"] = np.array([t.stamp_s for t in builder.ticks])
+        series["tick_sent_m"] = np.array(
+            [
+                np.full(3, np.nan) if t.sent_position_m is None else t.sent_position_m
+                for t in builder.ticks
+            ]
+        ).reshape(-1, 3)
+        series["tick_sent_force_n"] = np.array([t.sent_force_n for t in builder.ticks])
+        series["tick_hold"] = np.array([t.hold for t in builder.ticks], dtype=bool)
         return ModelRun(self.label, summary, series)
 
     # -- the replay ------------------------------------------------------------------------
@@ -708,13 +727,7 @@ class _Pass:
             entry: dict[str, Any] = {}
             for h in horizons:
                 label = arrays[name][rows[:, h]]  # (W, size)
-                error = pred[:, h - 1] - label
-                if name == "contact_prob":
-                    per_window = error[:, 0] ** 2
-                elif name == "contact_force_n":
-                    per_window = np.abs(error[:, 0])
-                else:
-                    per_window = np.linalg.norm(error, axis=1)
+                per_window = window_errors(name, pred[:, h - 1], label)
                 if name in PRIVILEGED_HEADS:
                     per_window = per_window[privileged[rows[:, h]]]
                 entry[f"h{h}"] = _round(per_window.mean()) if per_window.size else None
@@ -880,8 +893,13 @@ def evaluate(
     config: EvaluateConfig | None = None,
     runtime: RuntimeSettings | None = None,
     progress: Callable[[str], None] | None = None,
+    tick_stamps_s: Sequence[float] | None = None,
 ) -> Evaluation:
-    """Evaluate each model on the bag (one pass each); see the module docstring."""
+    """Evaluate each model on the bag (one pass each); see the module docstring.
+
+    `tick_stamps_s`: tick at these bag-time stamps instead of every control period from the
+    first recorded command (e.g. the stamps a live runtime ticked at on the same bag).
+    """
     config = config or EvaluateConfig()
     runtime = runtime or RuntimeSettings()
     bag_path = Path(bag_path)
@@ -893,7 +911,7 @@ def evaluate(
         for model, label in zip(models, _labels(models), strict=True):
             if progress is not None:
                 progress(f"{label}: evaluating on {bag_path} (task {task}, from the {source})")
-            one = _Pass(bag, model, runtime, config, task, label, progress)
+            one = _Pass(bag, model, runtime, config, task, label, progress, tick_stamps_s)
             runs.append(one.run())
             damage = damage or one.damage
             if progress is not None:

@@ -34,10 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: Any) -> int:
     """Calibrate, quantize, measure fp32 and int8 accuracy, update the manifest."""
-    from wmpc.config import PreprocessConfig, SensorBufferConfig, build_config
     from wmpc.model import read_manifest
     from wmpc.preprocess import Preprocessor
-    from wmpc.training import export, manifest, quantize
+    from wmpc.training import export, manifest, metrics, quantize
     from wmpc.training.dataset import DatasetError, DatasetSettings, prepare_episodes
 
     def say(line: str) -> None:
@@ -52,12 +51,7 @@ def run(args: Any) -> int:
         raise manifest.ManifestError(
             f"{model_dir / manifest.MANIFEST_FILE} lacks training.dataset_settings"
         )
-    settings = DatasetSettings(
-        build_config(SensorBufferConfig, _as_tuples(stored["buffer"]), source="manifest"),
-        build_config(PreprocessConfig, stored["preprocess"], source="manifest"),
-        stored["control_period_s"],
-        stored["contact_threshold_n"],
-    )
+    settings = DatasetSettings.from_dict(stored, source="manifest")
     episodes = prepare_episodes(Path(args.calib), settings, progress=say)
     trained_on = set(training.get("train_fingerprints", []))
     held_out = [e for e in episodes if e.meta["fingerprint"] not in trained_on]
@@ -99,7 +93,7 @@ def run(args: Any) -> int:
         training=training,
         accuracy=accuracy,
         accuracy_info={
-            "metric": quantize.METRICS,
+            "metric": metrics.METRICS,
             "episodes": [e.name for e in held_out],
             "windows": windows,
             "held_out": True,
@@ -119,8 +113,3 @@ def run(args: Any) -> int:
     if args.json:
         print(json.dumps({"model_dir": str(model_dir), "accuracy": accuracy, "windows": windows}))
     return 0
-
-
-def _as_tuples(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples the config dataclasses hold."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -95,7 +95,7 @@ def run(args: Any) -> int:
 
     from wmpc.config import ConfigError, PreprocessConfig, SensorBufferConfig
     from wmpc.preprocess import INPUT_NAMES, Preprocessor
-    from wmpc.training import export, manifest, quantize, train
+    from wmpc.training import export, manifest, metrics, quantize, train
     from wmpc.training.dataset import ACTION_HIGH, ACTION_LOW, DatasetSettings, prepare_episodes
 
     config = _train_config(args)
@@ -187,7 +187,7 @@ def run(args: Any) -> int:
         training=training,
         accuracy={"fp32": accuracy},
         accuracy_info={
-            "metric": quantize.METRICS,
+            "metric": metrics.METRICS,
             "episodes": [e.name for e in check_eps],
             "windows": windows,
             "held_out": bool(held_out),

@@ -34,11 +34,11 @@ from wmpc.training.dataset import (
     Episode,
     check_compatible,
 )
+from wmpc.training.metrics import PRIVILEGED_HEADS
 from wmpc.training.model import HEADS, LABEL_STATS, REGRESSION_HEADS, WorldModelNet
 
 log = logging.getLogger(__name__)
 
-PRIVILEGED_HEADS = ("marker_rel_m", "block_position_m")
 # Std floors of the label statistics: the marker and the block sit at a constant height, and
 # an error scale of a millimetre there would drown every other loss term.
 MIN_LABEL_STD = {"contact_force_n": 0.1, "marker_rel_m": 0.01, "block_position_m": 0.01}
