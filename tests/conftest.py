@@ -6,8 +6,10 @@ this session (and every subprocess it starts) talks only to its own session, on 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +17,31 @@ from pathlib import Path
 
 import pytest
 
-# 1..100: within Fast DDS's port range; derived from the pid so parallel sessions differ.
-os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+
+def _reserve_domain_id() -> int:
+    """A ROS domain id (1..100, within Fast DDS's port range) no other test session holds.
+
+    Sessions running at once on one host (several checkouts, parallel jobs) once picked ids
+    from their pids and collided: one session's runtime then took the other's e-stops, goals
+    and /clock. Each session holds an exclusive lock on its id's file until it exits.
+    """
+    start = os.getpid() % 100
+    for offset in range(100):
+        domain_id = 1 + (start + offset) % 100
+        path = Path(tempfile.gettempdir()) / f"wmpc_test_ros_domain_{domain_id}.lock"
+        handle = path.open("w")  # kept open: the lock lasts as long as the file is open
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _DOMAIN_LOCKS.append(handle)  # held (open) for the life of the session
+        return domain_id
+    raise RuntimeError("all 100 test ROS domain ids are held by other test sessions")
+
+
+_DOMAIN_LOCKS: list = []
+os.environ["ROS_DOMAIN_ID"] = str(_reserve_domain_id())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # as the nodes use
 sys.setswitchinterval(1e-4)  # as the nodes use: wmpc.nodes.common.short_gil_slices
@@ -291,7 +316,7 @@ def tiny_model(synthetic_bags, tmp_path_factory):
 # Whole node graphs first: in a full run, the in-process tests before them (ONNX Runtime
 # sessions, torch, executors) left enough threads behind that these timing-sensitive
 # process tests timed out, while they pass on their own and in any smaller selection.
-FIRST = ("test_robot_launch.py", "test_runtime_node.py")
+FIRST = ("test_robot_launch.py", "test_runtime_node.py", "test_replay_parity.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -402,6 +402,16 @@ class ReplayConfig:
     progress_period_s: float = param(
         1.0, "seconds between progress lines on stdout (0 = none)", non_negative
     )
+    wait_for_subscribers: tuple = param(
+        [],
+        "before playing, wait until each of these topics has a subscriber (the replay "
+        "setup names the runtime's inputs, so no message is played before it listens)",
+    )
+    wait_for_subscribers_s: float = param(
+        60.0,
+        "give up waiting for wait_for_subscribers after this long (an error, exit code 2)",
+        positive,
+    )
 
 
 # ---- simulation ----------------------------------------------------------------------------

@@ -17,6 +17,14 @@ from wmpc.errors import WmpcError
 
 PACKAGE = "wmpc"
 SETUPS = ("sim", "robot", "replay")
+# replay: what the runtime publishes. A bag recorded on a running system has these too; they
+# are played under /bag/... so they stay visible beside the live runtime's, never mixed in.
+RUNTIME_OUTPUTS = ("/arm/pose_command", "/arm/wrench_command", "/wmpc/plan", "/diagnostics")
+RECORDED_PREFIX = "/bag"
+# replay: topics the runtime subscribes to at the end of its configure (fixed names, unlike
+# the sensor topics a parameter file may rename). The replay waits for them, so it plays
+# nothing before the runtime listens and the runtime sees the bag from its first message.
+RUNTIME_READY_TOPICS = ("/wmpc/goal", "/wmpc/goal_wrench", "/wmpc/estop")
 
 
 class GraphError(WmpcError):
@@ -225,6 +233,13 @@ def nodes(setup: str, given: Mapping[str, str], share: Path) -> list[NodeSpec]:
         "replay_node",
         "replay_node",
         parameter_files=(_config(share, "replay.yaml"), *extra),
+        # Parameters, not options: rcl takes a FROM:=TO option for a remap rule of its own.
+        parameters={
+            "wait_for_subscribers": list(RUNTIME_READY_TOPICS),
+            "remap": [f"{t}:={RECORDED_PREFIX}{t}" for t in RUNTIME_OUTPUTS],
+            # The replay node is the clock: a /clock recorded in the bag would fight it.
+            "exclude_topics": ["/clock"],
+        },
         arguments=(args["bag"], "--clock", "--rate", args["rate"]),
         shutdown_on_exit=True,
     )

@@ -65,6 +65,10 @@ NODE_NAME = "replay_node"
 _MAX_NS = 2**63 - 1
 
 
+class ReplayWaitError(WmpcError):
+    """A topic of wait_for_subscribers had no subscriber in time."""
+
+
 # ---- message classes and QoS, shared with record_node -------------------------------------
 
 
@@ -209,6 +213,32 @@ class ReplayNode(Node):
 
     # -- playback thread -------------------------------------------------------------------
 
+    def wait_for_subscribers(self, stop: threading.Event, poll_s: float = 0.02) -> bool:
+        """Block until every topic of `wait_for_subscribers` has a subscriber.
+
+        Returns False if `stop` was set meanwhile; ReplayWaitError after
+        `wait_for_subscribers_s`. The graph is polled, not spun: nothing is published (not
+        even /clock) before playback starts, so a subscriber that comes up late misses no
+        bag time.
+        """
+        topics = list(self.config.wait_for_subscribers)
+        if not topics:
+            return True
+        self.get_logger().info(f"waiting for subscribers on {', '.join(topics)}")
+        deadline = time.monotonic() + self.config.wait_for_subscribers_s
+        while not stop.is_set():
+            missing = [t for t in topics if self.count_subscribers(t) == 0]
+            if not missing:
+                return True
+            if time.monotonic() > deadline:
+                raise ReplayWaitError(
+                    f"no subscriber on {', '.join(missing)} after "
+                    f"{self.config.wait_for_subscribers_s:g} s (parameter "
+                    "wait_for_subscribers_s); is the node that reads them running?"
+                )
+            stop.wait(poll_s)
+        return False
+
     def start(self) -> None:
         """Start playing in the playback thread."""
         self._thread.start()
@@ -227,6 +257,11 @@ class ReplayNode(Node):
     # -- callbacks -------------------------------------------------------------------------
 
     def _publish_clock(self) -> None:
+        if not self.player.paused and self.player.stats.messages == 0:
+            # Before the first message (waiting for subscribers, --delay) the player's clock
+            # runs on from the start and is set back to it when playback begins: publishing
+            # it would make sim time jump backwards. Paused, it is frozen at the start.
+            return
         ns = self.player.bag_now_ns()
         msg = ClockMsg()
         msg.clock.sec, msg.clock.nanosec = divmod(ns, 1_000_000_000)
@@ -333,6 +368,9 @@ def run(args: Any, ros_argv: list[str] | None = None) -> int:
         node = ReplayNode(args.bag, overrides_from_args(args), context=context)
         executor = MultiThreadedExecutor(num_threads=2, context=context)
         executor.add_node(node)
+        if not node.wait_for_subscribers(stop):
+            print("replay: stopped while waiting for subscribers", flush=True)
+            return 0
         if node.config.keyboard_controls and KeyboardControls.available():
             keyboard = KeyboardControls(node.player)
             keyboard.start()
