@@ -29,6 +29,8 @@ FIGURES = (
     "collect_cpu_rtf",
     "collect_episodes",
     "collect_sim_s",
+    "collect_camera_width",
+    "collect_camera_height",
 )
 # What sim_node publishes per sim second in the bench (its parameters there).
 NOMINAL_RATES = {

@@ -214,3 +214,44 @@ def test_schedule_keeps_the_mean_rate_on_physics_steps_and_zero_means_off():
         assert np.diff(stamps).max() <= 1.0 / rate_hz + 0.002  # never a whole period late
     off = Schedule(0.0)
     assert not any(off.due(t) for t in steps_s)
+
+
+def test_lockstep_waits_for_each_command_then_steps_on_after_the_timeout(ros):
+    """In lockstep, sim time stops one control period after the newest command's stamp."""
+    period_s = 0.05
+    node = sim_node(
+        ros,
+        real_time_factor=0.0,
+        camera_rate_hz=5.0,
+        lockstep_period_s=period_s,
+        lockstep_timeout_s=1.0,
+    )
+    talker = ros.node("lockstep_commander")
+    command_pub = talker.create_publisher(PoseStamped, "/arm/pose_command", COMMAND_QOS)
+    ros.wait_until(lambda: node.time_s > 0.2, 10.0, "sim time running before any command")
+    pose = types.Pose(node.world.read_ee_pose().position_m, types.TOOL_DOWN_XYZW)
+
+    def send(stamp_s: float) -> None:
+        """Publish a command stamped stamp_s until sim_node has it (discovery takes a while)."""
+        deadline = time.monotonic() + 5.0
+        while abs(node._command_stamp_s - stamp_s) > 1e-6:
+            assert time.monotonic() < deadline, "sim_node never got the command"
+            command_pub.publish(codecs.pose_to_msg(pose, stamp_s))
+            time.sleep(0.02)
+
+    clock_period_s = 1.0 / node.config.clock_rate_hz
+    send(0.0)  # the first command ends the free run of the start; now far behind: held
+    time.sleep(0.1)
+    waiting_s = node.time_s
+    time.sleep(0.2)
+    assert node.time_s == waiting_s
+    # A command stamped now releases it for one control period (and a /clock period), no more.
+    send(waiting_s)
+    ros.wait_until(lambda: node.time_s > waiting_s + 0.5 * period_s, 5.0, "sim time stepping on")
+    time.sleep(0.2)
+    held_s = node.time_s
+    assert held_s <= waiting_s + period_s + clock_period_s + 1e-6
+    assert node.late_ticks == 0
+    # No command at all: after the timeout a late tick, and time moves on by a period.
+    ros.wait_until(lambda: node.late_ticks >= 1, 5.0, "a late tick after the lockstep timeout")
+    ros.wait_until(lambda: node.time_s > held_s, 5.0, "sim time moving on after a late tick")

@@ -157,6 +157,37 @@ def test_camera_renders_from_another_thread(scene):
     assert all(np.array_equal(first, r) for r in results)
 
 
+def test_submitted_frame_shows_the_instant_it_was_captured(scene):
+    """Frames draw on the render thread while physics moves on; each shows its own instant."""
+    model, data = scene
+    camera = Camera(model, 64, 48, "scene_camera")
+    seen: list[np.ndarray] = []
+    try:
+        before = camera.render(data)
+        pending = [camera.submit(data, seen.append)]
+        data.qpos[0] += 0.02  # slide the box (its free joint's x) and capture again
+        mujoco.mj_forward(model, data)
+        pending.append(camera.submit(data, seen.append))
+        after = camera.render(data)
+        frames = [p.result() for p in pending]
+    finally:
+        camera.close()
+    assert not np.array_equal(before, after), "the box moved: the view must change"
+    assert np.array_equal(frames[0], before) and np.array_equal(frames[1], after)
+    # Callbacks run in submission order, with the pixels result() returns.
+    assert len(seen) == 2 and all(a is b for a, b in zip(seen, frames, strict=True))
+
+
+def test_closed_camera_refuses_to_render(scene):
+    model, data = scene
+    camera = Camera(model, 32, 24, "scene_camera")
+    pending = camera.submit(data)
+    camera.close()  # finishes the frame in flight first
+    assert pending.done() and pending.result().shape == (24, 32, 3)
+    with pytest.raises(SensorError, match="closed"):
+        camera.render(data)
+
+
 def test_camera_unknown_name_is_named(scene):
     model, _ = scene
     with pytest.raises(SensorError, match=r"no camera named 'wrist'.*scene_camera"):

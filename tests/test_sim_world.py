@@ -207,6 +207,69 @@ def test_action_to_command_bounds_steps_and_force():
 # ---- sensors and ground truth --------------------------------------------------------------
 
 
+def test_requested_frame_is_the_view_of_its_instant():
+    """The world steps on while a requested frame renders; the frame still shows its instant."""
+    world = SimWorld(SimConfig(camera_width=64, camera_height=48), 0)
+    try:
+        world.reset("push", 3)
+        policy = make_controller("expert", "push", 3)
+        run_policy(world, policy, 10)
+        now = world.read_camera()
+        pending = world.request_camera()
+        delivered: list[types.ImageFrame] = []
+        run_policy(world, policy, 10)
+        later_pending = world.request_camera(delivered.append)
+        world.wait_for_camera()
+        assert later_pending.done() and len(delivered) == 1
+        later = world.read_camera()
+        frame = pending.result()
+    finally:
+        world.close()
+    assert frame.stamp_s == now.stamp_s and np.array_equal(frame.pixels, now.pixels)
+    assert delivered[0].stamp_s == later.stamp_s > now.stamp_s
+    assert np.array_equal(delivered[0].pixels, later.pixels)
+    assert not np.array_equal(later.pixels, now.pixels), "the arm moved: the view must change"
+
+
+def run_policy(world: SimWorld, policy, ticks: int) -> None:
+    for _ in range(ticks):
+        world.step_tick(policy.act(world))
+
+
+def test_collect_writes_messages_in_the_order_asked_while_frames_render():
+    """Writes asked for after a frame wait behind it, so a bag's order matches on-the-spot
+    rendering whatever the render thread's timing."""
+    from wmpc.commands.collect import _OrderedBag
+
+    written: list[tuple[str, float]] = []
+
+    class Sink:  # stands in for EpisodeBagWriter: records what reaches the bag, in order
+        def image(self, frame: types.ImageFrame) -> None:
+            written.append(("image", frame.stamp_s))
+
+        def state(self, stamp_s: float) -> None:
+            written.append(("state", stamp_s))
+
+    world = SimWorld(SimConfig(camera_width=320, camera_height=240), 0)
+    try:
+        world.reset("reach", 1)
+        sink = Sink()
+        bag = _OrderedBag(sink)
+        expected = []
+        for step in range(30):
+            world.step()
+            if step % 7 == 0:
+                bag.image(world.request_camera())
+                expected.append(("image", world.time_s))
+            bag.write(sink.state, world.time_s)
+            expected.append(("state", world.time_s))
+            bag.flush()
+        bag.flush(wait=True)
+    finally:
+        world.close()
+    assert written == expected
+
+
 def test_readers_return_the_shared_types():
     config = SimConfig(camera_width=80, camera_height=60)
     world = SimWorld(config, 3)

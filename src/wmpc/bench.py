@@ -439,13 +439,20 @@ def _sim_headless(sim_seconds: float) -> dict:
 
 
 def _collect_speed(sim_seconds: float) -> dict:
-    """`wmpc collect` (default task and controller mix) into a temp dir: sim s per wall s."""
+    """`wmpc collect` (default task and controller mix) into a temp dir: sim s per wall s.
+
+    Collection renders the camera at SimConfig's size (160x120, the 4:3 of the published
+    640x480), which preprocessing centre-crops and resizes to the model's input (64x64 in
+    the shipped manifest): the resolution the model's data is made at. Rendering 64x64
+    directly would be cheaper but would give other pixels than the model was trained on.
+    """
     import contextlib
     import importlib
     import json
     import tempfile
 
     from wmpc.cli import main as wmpc_main
+    from wmpc.config import SimConfig
 
     # What collect imports is imported before the clock starts: import time is not
     # collection time.
@@ -468,11 +475,14 @@ def _collect_speed(sim_seconds: float) -> dict:
         raise BenchError(f"`wmpc collect` recorded {len(infos)} of {episodes} episodes")
     sim_s = sum(info["sim_s"] for info in infos)
     # The whole run (world and renderer built, bags written), imports excluded.
+    sim_config = SimConfig()
     return {
         "collect_rtf": sim_s / wall_s,
         "collect_cpu_rtf": sim_s / cpu_s,
         "collect_episodes": episodes,
         "collect_sim_s": sim_s,
+        "collect_camera_width": sim_config.camera_width,
+        "collect_camera_height": sim_config.camera_height,
     }
 
 

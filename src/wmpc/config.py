@@ -544,6 +544,18 @@ class SimNodeConfig:
         "(it then runs slower than real_time_factor rather than in bursts)",
         positive,
     )
+    lockstep_period_s: float = param(
+        0.0,
+        "controller 'wmpc': never run more than this (the runtime's control period) past the "
+        "newest /arm/pose_command's stamp; waits for each tick's command, so closed-loop "
+        "results do not depend on CPU load (0 = off: sim time follows the wall clock only)",
+        non_negative,
+    )
+    lockstep_timeout_s: float = param(
+        1.0,
+        "wall seconds to wait for a command in lockstep before stepping on (a late tick)",
+        positive,
+    )
     reset_when_done: bool = param(
         True,
         "start the next episode (next seed) once the task succeeded or hit its time limit; "

@@ -80,14 +80,13 @@ def record_episode(world, controller, task: str, seed: int, bag_path: Path, args
     goal = world.reset(task, seed)
     controller.reset()
     chunk = 512
-    camera_period_s = 1.0 / args.camera_rate_hz
-    state_period_s = 1.0 / args.state_rate_hz
-    next_camera_s = next_state_s = 0.0
+    sampler = _Sampler(1.0 / args.camera_rate_hz, 1.0 / args.state_rate_hz)
     linger_until_s = None
     ticks = 0
     eps = 1e-9
-    with EpisodeBagWriter(bag_path, storage=args.storage) as bag:
-        bag.goal(world.time_s, goal)
+    with EpisodeBagWriter(bag_path, storage=args.storage) as bag_writer:
+        bag = _OrderedBag(bag_writer)
+        bag.write(bag_writer.goal, world.time_s, goal)
         while True:
             status = world.task_status()
             if status["success"] and linger_until_s is None:
@@ -97,47 +96,90 @@ def record_episode(world, controller, task: str, seed: int, bag_path: Path, args
                 break
             # A control tick: sensors at this instant, then the ground truth and the command.
             now_s = world.time_s
-            next_camera_s, next_state_s = _sample(
-                world, bag, now_s, next_camera_s, next_state_s, camera_period_s, state_period_s
-            )
-            bag.privileged(now_s, world.privileged())
+            sampler.sample(world, bag, now_s)
+            bag.write(bag_writer.privileged, now_s, world.privileged())
             command = controller.act(world)
-            bag.command(command)
+            bag.write(bag_writer.command, command)
             ticks += 1
             for i in range(world.steps_per_tick):
                 world.step(command if i == 0 else None)
                 while world.audio_available() >= chunk:
-                    bag.audio(world.read_audio(chunk))
+                    bag.write(bag_writer.audio, world.read_audio(chunk))
                 if i < world.steps_per_tick - 1:  # the tick's last state is sampled next tick
-                    next_camera_s, next_state_s = _sample(
-                        world,
-                        bag,
-                        world.time_s,
-                        next_camera_s,
-                        next_state_s,
-                        camera_period_s,
-                        state_period_s,
-                    )
-        messages = bag.bag.message_count
+                    sampler.sample(world, bag, world.time_s)
+                bag.flush()
+        bag.flush(wait=True)
+        messages = bag_writer.bag.message_count
     status = world.task_status()
     return {"status": status, "ticks": ticks, "sim_s": world.time_s, "messages": messages}
 
 
-def _sample(world, bag, now_s, next_camera_s, next_state_s, camera_period_s, state_period_s):
-    """Write the sensors that are due at `now_s`; returns the next due times."""
-    eps = 1e-9
-    if now_s >= next_camera_s - eps:
-        bag.image(world.read_camera())
-        next_camera_s += camera_period_s * max(
-            1, int((now_s - next_camera_s) / camera_period_s) + 1
-        )
-    if now_s >= next_state_s - eps:
-        bag.tactile(world.read_tactile())
-        bag.joints(world.read_joints())
-        bag.ee_pose(now_s, world.read_ee_pose())
-        bag.wrench(now_s, world.read_wrench())
-        next_state_s += state_period_s * max(1, int((now_s - next_state_s) / state_period_s) + 1)
-    return next_camera_s, next_state_s
+class _OrderedBag:
+    """Bag writes in the order the episode asks for them, camera frames drawn meanwhile.
+
+    A camera frame is captured at its instant and rendered on the camera's thread while
+    physics steps on; it is written once drawn, and the writes asked for after it wait in
+    line behind it. The bag thus holds the same messages in the same order as if every frame
+    had been rendered on the spot. Deferred writes keep their arguments: every sensor reader
+    returns fresh arrays, so later steps cannot change them.
+    """
+
+    def __init__(self, bag) -> None:
+        from collections import deque
+
+        self.bag = bag
+        self._waiting: deque = deque()  # (write function, args); images: (None, PendingImage)
+
+    def write(self, write, *args) -> None:
+        """Call `write(*args)` now, or after the frames still being drawn."""
+        if self._waiting:
+            self._waiting.append((write, args))
+        else:
+            write(*args)
+
+    def image(self, pending) -> None:
+        """Write the frame of `pending` (a PendingImage) once it is drawn."""
+        self._waiting.append((None, pending))
+
+    def flush(self, wait: bool = False) -> None:
+        """Write what no longer waits for a frame (with `wait`: everything)."""
+        while self._waiting:
+            write, args = self._waiting[0]
+            if write is None:
+                if not (wait or args.done()):
+                    return
+                self.bag.image(args.result())
+            else:
+                write(*args)
+            self._waiting.popleft()
+
+
+class _Sampler:
+    """Which sensors are due at an instant: the camera and the state streams at their rates."""
+
+    def __init__(self, camera_period_s: float, state_period_s: float) -> None:
+        self.camera_period_s = camera_period_s
+        self.state_period_s = state_period_s
+        self.next_camera_s = 0.0
+        self.next_state_s = 0.0
+
+    def sample(self, world, bag: _OrderedBag, now_s: float) -> None:
+        """Write the sensors that are due at `now_s` (the camera frame as it is drawn)."""
+        eps = 1e-9
+        if now_s >= self.next_camera_s - eps:
+            bag.image(world.request_camera())
+            self.next_camera_s += self.camera_period_s * max(
+                1, int((now_s - self.next_camera_s) / self.camera_period_s) + 1
+            )
+        if now_s >= self.next_state_s - eps:
+            writer = bag.bag
+            bag.write(writer.tactile, world.read_tactile())
+            bag.write(writer.joints, world.read_joints())
+            bag.write(writer.ee_pose, now_s, world.read_ee_pose())
+            bag.write(writer.wrench, now_s, world.read_wrench())
+            self.next_state_s += self.state_period_s * max(
+                1, int((now_s - self.next_state_s) / self.state_period_s) + 1
+            )
 
 
 class _DirectoryLock:

@@ -107,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sim seconds per wall second without --headless (0 = as fast as possible)",
     )
     parser.add_argument(
+        "--no-lockstep",
+        dest="lockstep",
+        action="store_false",
+        help="wmpc controller: let sim time follow the wall clock only, however late the "
+        "runtime's commands are (default: the sim waits for each control tick's command, so "
+        "results do not depend on CPU load)",
+    )
+    parser.add_argument(
         "--params-file",
         type=Path,
         help="ros__parameters YAML with a sim_node section (default: the installed sim.yaml)",
@@ -244,6 +252,10 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
         "reset_when_done": True,
         "real_time_factor": float(args.real_time_factor),
     }
+    if controller == "wmpc" and args.lockstep:
+        from wmpc.config import RuntimeNodeConfig
+
+        overrides["lockstep_period_s"] = 1.0 / RuntimeNodeConfig().control_rate_hz
     context = rclpy.Context()
     rclpy.init(context=context)
     node = executor = monitor = None

@@ -5,7 +5,8 @@ sim_node runs in this process at max speed (real_time_factor 0) with the camera 
 audio at 16 kHz, while its built-in scripted expert presses. A listener in a second process
 subscribes to every sensor stream, so each message really goes through DDS to another reader
 as on a robot, and counts what arrived; its counts per sim second show every stream was on at
-its rate. The measured window starts after a warm-up (renderer made, listener discovered).
+its rate. The measured window starts after a warm-up (renderer made, listener discovered) and
+ends once the frames captured in it are published (they are drawn on the camera's thread).
 
 Both run on a private DDS domain: a benchmark must not put a simulated arm's topics onto a
 domain where a real robot or another run may be listening, nor hear theirs.
@@ -178,6 +179,8 @@ def measure_sim_node(sim_seconds: float, task: str = "press", seed: int = 0) -> 
         sim_start_s, wall_start, cpu_start = node.time_s, time.perf_counter(), time.process_time()
         while node.time_s - sim_start_s < sim_seconds:
             executor.spin_once(timeout_sec=0.1)
+        # Frames of the window still being drawn on the render thread count in its time.
+        node.world.wait_for_camera()
         wall_s = time.perf_counter() - wall_start
         cpu_s = time.process_time() - cpu_start
         sim_end_s = node.time_s

@@ -3,13 +3,22 @@
 One wall-clock timer steps the physics so that sim time follows `real_time_factor` x wall
 time (or runs as fast as it can with 0), and after each physics step publishes every stream
 that is due by sim time: /clock, /camera/image_raw + /camera/camera_info, /tactile/image,
-/microphone/audio, /joint_states, /arm/ee_pose, /arm/wrench. The task's goal goes out latched
-on /wmpc/goal and /wmpc/goal_wrench at each reset.
+/microphone/audio, /joint_states, /arm/ee_pose, /arm/wrench. A camera frame is captured at its
+instant and drawn on the camera's render thread, which publishes it, while physics steps on
+(software rendering of 640x480 takes longer than the 16 physics steps between frames). The
+task's goal goes out latched on /wmpc/goal and /wmpc/goal_wrench at each reset.
 
 The arm follows /arm/pose_command and /arm/wrench_command (controller 'wmpc'), or a built-in
 reference controller. Commands are stamped with the sim time they arrive at, so the world's
 command timeout works as a robot's watchdog does, whatever clock the sender used.
 /wmpc/estop true holds the pose the arm had at that moment, with zero wrench, until false.
+
+With `lockstep_period_s` > 0 (what `wmpc sim` uses with the wmpc controller) the node never
+runs more than one control period (plus one /clock period) of sim time past the newest
+/arm/pose_command's stamp: at each of the runtime's ticks it waits, stepping nothing, until
+that tick's command is in (or `lockstep_timeout_s` of wall time has passed: a late tick,
+counted in /diagnostics). Closed-loop results then depend on what the planner decides, not
+on how busy the CPU was while it decided, and the loop runs as fast as both sides allow.
 
 An episode ends when the task succeeds or reaches its time limit; the next one starts with the
 next seed and a new goal (`reset_when_done`), and after `episodes` of them the node stops.
@@ -104,6 +113,11 @@ class SimNode(Node):
 
         # Latest commands and the sim time they arrived at; callbacks only store them.
         self._pose_command: tuple[float, types.Pose] | None = None
+        # Lockstep: the header stamp (sim time) of the newest pose command, and since when
+        # (wall time) the node has been waiting for the next one.
+        self._command_stamp_s = -math.inf
+        self._lockstep_wait_since: float | None = None
+        self.late_ticks = 0
         self._wrench_command: tuple[float, types.Wrench] | None = None
         self._estop = False
         self._estop_hold: types.Pose | None = None
@@ -144,7 +158,7 @@ class SimNode(Node):
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
-            _, pose = codecs.pose_from_msg(msg)
+            stamp_s, pose = codecs.pose_from_msg(msg)
         except CodecError as exc:
             self._errors.error("pose", f"dropped a bad /arm/pose_command: {exc}")
             return
@@ -156,6 +170,7 @@ class SimNode(Node):
             )
             return
         self._pose_command = (self.world.time_s, pose)
+        self._command_stamp_s = max(self._command_stamp_s, stamp_s)
 
     def _on_wrench(self, msg: WrenchStamped) -> None:
         try:
@@ -201,13 +216,46 @@ class SimNode(Node):
                 self._wall_anchor = wall
                 target_s = self._sim_anchor
             while self.time_s + 0.5 * dt_s < target_s and not self.finished:
+                if self._lockstep_blocked():
+                    break
                 self._step()
         else:
             deadline = wall + cfg.tick_period_s
             while time.monotonic() < deadline and not self.finished:
+                if self._lockstep_blocked():
+                    break
                 self._step()
         if wall - self._diag_wall >= DIAGNOSTICS_PERIOD_S:
             self._publish_diagnostics(wall)
+
+    def _lockstep_blocked(self) -> bool:
+        """True while lockstep holds sim time for the runtime's next command.
+
+        The runtime ticks when /clock reaches its next due time, at most one control period
+        after its last command's stamp, and stamps the command with that tick's sim time; the
+        node may run one /clock period past that point so the tick surely sees it.
+        """
+        cfg = self.config
+        if cfg.lockstep_period_s <= 0 or self._controller is not None:
+            return False
+        limit_s = self._command_stamp_s + cfg.lockstep_period_s + 1.0 / cfg.clock_rate_hz
+        # Before the first command the arm holds still and time runs freely: the runtime
+        # needs a window of sensor data (and the goal) before it can plan at all.
+        if self._command_stamp_s == -math.inf or self.time_s < limit_s:
+            self._lockstep_wait_since = None
+            return False
+        now = time.monotonic()
+        if self._lockstep_wait_since is None:
+            self._lockstep_wait_since = now
+            return True
+        if now - self._lockstep_wait_since < cfg.lockstep_timeout_s:
+            return True
+        # No command in time (the runtime is starting, holding without a pose, or gone): run
+        # one more period and wait again there.
+        self.late_ticks += 1
+        self._command_stamp_s = self.time_s
+        self._lockstep_wait_since = None
+        return False
 
     def _step(self) -> None:
         """One physics step, then every stream that is due."""
@@ -216,6 +264,10 @@ class SimNode(Node):
         self.steps += 1
         now_s = self.time_s
         if self._due_clock.due(now_s):
+            if cfg.lockstep_period_s > 0:
+                # Every frame up to now is out before the clock says so: a runtime tick
+                # then always sees the same images, however long rendering took.
+                self.world.wait_for_camera()
             self._clock_pub.publish(Clock(clock=to_stamp(now_s)))
         if self._due_state.due(now_s):
             self._publish_state(now_s)
@@ -270,11 +322,22 @@ class SimNode(Node):
         self._wrench_pub.publish(codecs.wrench_to_msg(self.world.read_wrench(), now_s))
 
     def _publish_camera(self, now_s: float) -> None:
-        frame = self.world.read_camera()
-        image = codecs.numpy_to_image(frame.pixels, "rgb8", now_s, self.config.camera_frame_id)
-        self._camera_info.header.stamp = image.header.stamp
-        self._image_pub.publish(image)
-        self._info_pub.publish(self._camera_info)
+        """Capture the camera now; its render thread publishes the frame once drawn.
+
+        Physics steps on meanwhile, on the other core, instead of waiting ~13 ms for a
+        640x480 software render; the frame shows this instant, stamped `now_s`.
+        """
+        camera_info = self._camera_info
+
+        def publish(frame: types.ImageFrame) -> None:
+            if not self.context.ok():
+                return  # shut down while the frame was being drawn
+            image = codecs.numpy_to_image(frame.pixels, "rgb8", now_s, self.config.camera_frame_id)
+            camera_info.header.stamp = image.header.stamp
+            self._image_pub.publish(image)
+            self._info_pub.publish(camera_info)
+
+        self.world.request_camera(publish)
 
     def _publish_audio(self) -> None:
         """Every whole chunk that physics has covered, stamped with its first sample's time."""
@@ -311,6 +374,8 @@ class SimNode(Node):
             "controller": cfg.controller,
             "estop": str(self._estop).lower(),
         }
+        if cfg.lockstep_period_s > 0:
+            values["lockstep_late_ticks"] = str(self.late_ticks)
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if slow else DiagnosticStatus.OK,
             name=f"{NODE_NAME}: simulation",

@@ -118,6 +118,7 @@ class ImpedanceController:
         self._quat_err = np.zeros(4)
         self._quat_conj = np.zeros(4)
         self._rotvec = np.zeros(3)
+        self._rhs = np.zeros((6, 2))
 
     def ee_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
         """(position (3,), orientation xyzw (4,)) of the controlled site."""
@@ -168,7 +169,9 @@ class ImpedanceController:
             error[:3] -= blend * axial_error * axis
         # One solve with Lambda^-1 for two right-hand sides: the motion wrench and the
         # task-space image of the posture torque (for the null-space projection).
-        rhs = np.stack((self.kp * error - self.kd * ee_vel, minv_jt.T @ posture), axis=1)
+        rhs = self._rhs  # (6, 2)
+        rhs[:, 0] = self.kp * error - self.kd * ee_vel
+        rhs[:, 1] = minv_jt.T @ posture
         solved = np.linalg.solve(lambda_inv, rhs)  # (6, 2)
         task_wrench = solved[:, 0] + target.wrench
         if blend > 0.0:

@@ -4,7 +4,8 @@ One `step(command)` is one physics step (2 ms by default). The arm's impedance c
 runs inside every step on the latest command, as a robot's controller does between commands;
 reference controllers and the world model act every `control_period_s` (0.05 s). Sensors are
 read on demand: nothing is rendered unless `read_camera()` is called, so headless episodes
-run many times faster than real time.
+run many times faster than real time. `request_camera()` captures a frame and lets the world
+step on while a render thread draws it.
 
 Everything random (layout, initial joints, taxel noise, audio noise) comes from generators
 spawned from the reset seed, so the same seed and the same commands give bit-identical
@@ -14,6 +15,7 @@ observations.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import mujoco
 import numpy as np
@@ -38,6 +40,33 @@ AUDIO_MATERIALS = {
 }
 TACTILE_FRAME_ID = "probe"
 MICROPHONE_FRAME_ID = "microphone"
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a x b of two 3-vectors: np.cross's products and differences, without its overhead."""
+    a0, a1, a2 = a.tolist()
+    b0, b1, b2 = b.tolist()
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
+class PendingImage:
+    """A camera frame of one instant that is still being drawn; `result()` waits for it."""
+
+    def __init__(
+        self,
+        frame: sensors.PendingFrame,
+        image: Callable[[np.ndarray], types.ImageFrame],
+    ) -> None:
+        self._frame = frame
+        self._image = image
+
+    def done(self) -> bool:
+        """True once the frame is drawn (`result()` then returns at once)."""
+        return self._frame.done()
+
+    def result(self) -> types.ImageFrame:
+        """The frame, rgb8 at the configured size, stamped with the instant it shows."""
+        return self._image(self._frame.result())
 
 
 def yaw_quat_wxyz(yaw_rad: float) -> np.ndarray:
@@ -85,6 +114,8 @@ class SimWorld:
         probe = m.body("probe").id
         self._probe_body = probe
         self._tool_mass_kg = float(m.body_subtreemass[probe])
+        self._tool_weight_n = np.zeros(3)
+        self._tool_weight_n[GRAVITY_AXIS] = self._tool_mass_kg * m.opt.gravity[GRAVITY_AXIS]
         self._pad_geoms = np.array(
             [
                 m.geom(scene.pad_tile_name(r, c)).id
@@ -237,13 +268,34 @@ class SimWorld:
 
     def read_camera(self) -> types.ImageFrame:
         """The scene camera's current view, rgb8 at the configured size."""
+        return self.request_camera().result()
+
+    def request_camera(
+        self, on_done: Callable[[types.ImageFrame], None] | None = None
+    ) -> PendingImage:
+        """The scene camera's view now, drawn on the camera's render thread meanwhile.
+
+        The world may step on at once; the image is that of this instant, the same pixels
+        `read_camera` gives. `on_done(frame)`, if given, runs on the render thread when the
+        frame is drawn; frames are drawn in the order they were requested.
+        """
         if self._camera is None:
             cfg = self.config
             self._camera = sensors.Camera(
                 self.model, cfg.camera_width, cfg.camera_height, cfg.camera_name
             )
-        pixels = self._camera.render(self.data)
-        return types.ImageFrame(self.time_s, pixels, "rgb8", self.config.camera_name)
+        stamp_s, frame_id = self.time_s, self.config.camera_name
+
+        def image(pixels: np.ndarray) -> types.ImageFrame:
+            return types.ImageFrame(stamp_s, pixels, "rgb8", frame_id)
+
+        callback = None if on_done is None else (lambda pixels: on_done(image(pixels)))
+        return PendingImage(self._camera.submit(self.data, callback), image)
+
+    def wait_for_camera(self) -> None:
+        """Block until every requested camera frame is drawn and its callback has run."""
+        if self._camera is not None:
+            self._camera.wait()
 
     def read_tactile(self) -> types.TactileFrame:
         """The pad's taxels: (rows, cols, 3) shear x, shear y, normal force (N), with noise."""
@@ -293,11 +345,10 @@ class SimWorld:
         # in the site frame. In (quasi-)static balance, parent + environment + weight = 0.
         parent_force = rotation @ d.sensordata[self._force_adr : self._force_adr + 3]
         parent_torque = rotation @ d.sensordata[self._torque_adr : self._torque_adr + 3]
-        weight = np.zeros(3)
-        weight[GRAVITY_AXIS] = self._tool_mass_kg * self.model.opt.gravity[GRAVITY_AXIS]
+        weight = self._tool_weight_n
         lever = d.subtree_com[self._probe_body] - d.site_xpos[self._wrist_site]
         force = -parent_force - weight
-        torque = -parent_torque - np.cross(lever, weight)
+        torque = -parent_torque - _cross(lever, weight)
         return types.Wrench(force, torque)
 
     def _require_sensors(self, what: str) -> None:
