@@ -90,6 +90,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which files of the model the wmpc controller loads (default: the manifest's)",
     )
     parser.add_argument(
+        "--runtime-param",
+        action="append",
+        default=[],
+        type=_runtime_param,
+        metavar="NAME=VALUE",
+        help="set a runtime_node parameter for the wmpc controller, e.g. "
+        "planner.smoothness_weight=5 (repeatable; values are read as YAML)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout instead of a table"
     )
     parser.add_argument(
@@ -122,6 +131,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs-dir", type=Path, default=Path("runs"), help="where --snapshot writes (runs/)"
     )
+
+
+def _runtime_param(text: str) -> tuple[str, object]:
+    """NAME=VALUE -> (name, value read as YAML); argparse turns the error into exit 2."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE (e.g. planner.max_std=1.0)")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"value of '{name}' is not YAML: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,7 +285,9 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
     if controller == "wmpc":
         from wmpc.nodes.closed_loop import RuntimeProcess
 
-        params = {"model.precision": args.precision} if args.precision else {}
+        params = dict(args.runtime_param)
+        if args.precision:
+            params["model.precision"] = args.precision
         runtime = RuntimeProcess(args.task, args.model, params)
     try:
         with runtime:
