@@ -18,6 +18,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from nav_msgs.msg import Path
 from rclpy.parameter import Parameter
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -100,6 +101,7 @@ EXPECTED_STATE = {
     Transition.TRANSITION_DEACTIVATE: "inactive",
     Transition.TRANSITION_CLEANUP: "unconfigured",
     Transition.TRANSITION_UNCONFIGURED_SHUTDOWN: "finalized",
+    Transition.TRANSITION_ACTIVE_SHUTDOWN: "finalized",
 }
 
 
@@ -180,8 +182,25 @@ def test_lifecycle_commands_and_hold_on_deactivate(ros, tiny_dir):
     count = len(poses)
     time.sleep(0.3)
     assert len(poses) == count, "no commands while inactive"
-    # cleanup and shutdown are not exercised here: in a full `make test` run the cleanup
-    # transition hung (not root-caused; see the issue notes), while it passes on its own.
+
+    # Cleanup releases the model; a second configure loads it again and the node plans as
+    # before (its subscriptions outlive the cleanup, so nothing is destroyed in a callback).
+    assert change_state(ros, "runtime_node", Transition.TRANSITION_CLEANUP)
+    assert current_state(ros, "runtime_node") == "unconfigured"
+    assert change_state(ros, "runtime_node", Transition.TRANSITION_CONFIGURE)
+    assert current_state(ros, "runtime_node") == "inactive"
+    assert len(poses) == count, "no commands after cleanup and configure until activated"
+    assert change_state(ros, "runtime_node", Transition.TRANSITION_ACTIVATE)
+    n = len(plans)
+    ros.wait_until(lambda: len(plans) >= n + 3, 20, "plans after the second configure")
+    assert change_state(ros, "runtime_node", Transition.TRANSITION_ACTIVE_SHUTDOWN)
+    assert current_state(ros, "runtime_node") == "finalized"
+    time.sleep(0.3)
+    count = len(poses)
+    final = wrenches[-1].wrench.force
+    assert (final.x, final.y, final.z) == (0.0, 0.0, 0.0), "shutdown holds with zero force"
+    time.sleep(0.3)
+    assert len(poses) == count, "no commands once finalized"
 
 
 def test_estop_latches_until_reset_service(ros, tiny_dir):
@@ -303,13 +322,18 @@ def test_malformed_images_are_counted_and_runtime_keeps_going(ros, tiny_dir, ext
     raw_pub = sensors.node.create_publisher(Image, "/camera/image_raw", SENSOR_QOS)
     for raw in raws:
         raw_pub.publish(raw)
+    # Bytes that are no Image at all: a tactile message cut short on the wire.
+    whole = serialize_message(sensors.feed.tactile(now_s(sensors.node)))
+    cut_pub = sensors.node.create_publisher(Image, "/tactile/image", SENSOR_QOS)
+    cut_pub.publish(whole[: len(whole) // 2])
     ros.wait_until(
         lambda: (
             (s := last_status(diagnostics)) is not None
             and int(values(s).get("rejected/camera/image_raw", 0)) >= 1
+            and int(values(s).get("rejected/tactile/image", 0)) >= 1
         ),
         10,
-        "the rejected image counted in diagnostics",
+        "the rejected image and tactile message counted in diagnostics",
     )
     n = len(plans)
     ros.wait_until(lambda: len(plans) >= n + 3, 10, "planning to go on")

@@ -118,6 +118,16 @@ class ControlLoop:
         with self._buffer_lock:
             return self.buffer.offer(modality, msg, now_s)
 
+    def check(self, modality: str, msg: object, now_s: float) -> str | None:
+        """Validate and count a sensor message a newer one replaced (SensorBuffer.check)."""
+        with self._buffer_lock:
+            return self.buffer.check(modality, msg, now_s)
+
+    def reject(self, modality: str, reason: str) -> str:
+        """Count a sensor message that could not be read at all (SensorBuffer.reject)."""
+        with self._buffer_lock:
+            return self.buffer.reject(modality, reason)
+
     def reset(self, seed: int | None = None) -> None:
         """New episode: forget samples, the warm start and the last command (e-stop stays)."""
         with self._buffer_lock:
@@ -173,11 +183,11 @@ class ControlLoop:
                 inputs = self.preprocess(snapshot.observation)
                 z = self.model.encode(inputs)  # (1, latent)
                 plan = self.planner.plan(z, Goal(goal.pose, goal.wrench, self.task))
-                reference = (
-                    self.state.last_command.pose
-                    if self.state.last_command is not None
-                    else snapshot.observation.ee_pose
-                )
+                # The step is taken from the measured pose, not the last command: the model
+                # predicts ee' = ee + step from what it observes, and nothing it observes says
+                # where an earlier command still pulls the arm. Stepping from the last command
+                # let command and arm drift apart (reach: 1 of 2 seeds, 3 of 3 after).
+                reference = snapshot.observation.ee_pose
                 proposed = command_from_action(plan.actions[0], reference, now_s)
             except INFERENCE_ERRORS as exc:
                 inference_error = f"{type(exc).__name__}: {exc}"

@@ -111,6 +111,7 @@ class SensorBuffer:
         self.audio_gaps = 0
         self.audio_overlaps = 0
         self.clock_resets = 0
+        self._scratch: SensorBuffer | None = None  # check()'s empty buffer, made on first use
         self.clear()
 
     # ---- state ------------------------------------------------------------------------------
@@ -171,6 +172,28 @@ class SensorBuffer:
         if modality not in MODALITIES:
             raise KeyError(f"unknown modality '{modality}'; known: {list(MODALITIES)}")
         return getattr(self, f"offer_{modality}")(msg, now_s)
+
+    def check(self, modality: str, msg: Any, now_s: float) -> str | None:
+        """Validate a sample without keeping it; None, or why it was rejected (counted).
+
+        For a sample that a newer one of its topic replaced before any tick used it: it gets
+        every check of `offer` except those against held samples (order, clock restart), on
+        an empty scratch buffer, and is counted as accepted or rejected like an offered one.
+        """
+        if modality not in MODALITIES:
+            raise KeyError(f"unknown modality '{modality}'; known: {list(MODALITIES)}")
+        if self._scratch is None:
+            self._scratch = SensorBuffer(self.config)
+        self._scratch.clear()
+        return self._offer(modality, msg, now_s, getattr(self._scratch, f"_take_{modality}"))
+
+    def reject(self, modality: str, reason: str) -> str:
+        """Count a sample of `modality` that could not be read at all (e.g. undecodable bytes)."""
+
+        def unreadable(msg: Any, now_s: float) -> float:
+            raise _RejectedError(reason)
+
+        return self._offer(modality, None, 0.0, unreadable)
 
     def _offer(self, modality: str, msg: Any, now_s: float, take) -> str | None:
         topic = self.topics[modality]

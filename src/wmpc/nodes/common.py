@@ -127,6 +127,21 @@ def use_large_data_transport() -> None:
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
+class _DrainingExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor whose shutdown first lets the callbacks in flight finish.
+
+    rclpy 9.1's Executor.shutdown destroys the guard condition each callback's task triggers
+    without waiting for them (its wait is skipped once the shutdown flag is set), so a
+    callback still running at Ctrl-C printed "The following exception was never retrieved:
+    cannot use Destroyable because destruction was requested" at exit.
+    """
+
+    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True):
+        """Wait for the worker threads (their queued callbacks run), then shut down."""
+        self._executor.shutdown(wait=wait_for_threads)  # the thread pool (rclpy 9.1)
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
+
+
 def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     """Init rclpy, spin the node until Ctrl-C, SIGTERM or external shutdown; return exit code.
 
@@ -148,7 +163,7 @@ def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     executor = None
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = _DrainingExecutor(num_threads=threads)
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
