@@ -263,7 +263,7 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from wmpc.nodes.sim import SimNode
+    from wmpc.nodes.sim import SimNode, shut_down_in_process
     from wmpc.sim.episodes import summarise
 
     overrides = {
@@ -318,12 +318,7 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
             summary["runtime"] = monitor.monitor.last
         return summary
     finally:
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        context.try_shutdown()
+        shut_down_in_process(executor, node, context)
 
 
 def _wait_for_runtime(context, executor, runtime, timeout_s: float = 60.0):

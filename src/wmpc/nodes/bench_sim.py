@@ -146,7 +146,7 @@ def measure_sim_node(sim_seconds: float, task: str = "press", seed: int = 0) -> 
     threads: what the node would do with the cores to itself) and the listener's received
     rates per sim second.
     """
-    from wmpc.nodes.sim import SimNode
+    from wmpc.nodes.sim import SimNode, shut_down_in_process
 
     domain_id = private_domain_id()
     listener = subprocess.Popen(
@@ -189,12 +189,7 @@ def measure_sim_node(sim_seconds: float, task: str = "press", seed: int = 0) -> 
         if listener.poll() is None:
             listener.kill()
         listener.wait()
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        context.try_shutdown()
+        shut_down_in_process(executor, node, context)
     sim_s = sim_end_s - sim_start_s
     return {
         "sim_rtf": sim_s / wall_s,

@@ -453,6 +453,20 @@ class SimNode(Node):
             self.world.close()
 
 
+def shut_down_in_process(executor, node: SimNode | None, context) -> None:
+    """Stop a SimNode spun by `executor` in this process, then its ROS context.
+
+    The executor goes first, so no tick is in flight when close() frees the renderer.
+    Either may be None (start-up failed before it existed).
+    """
+    if executor is not None:
+        executor.shutdown()
+    if node is not None:
+        node.close()
+        node.destroy_node()
+    context.try_shutdown()
+
+
 def camera_info_msg(intrinsics: CameraIntrinsics, frame_id: str) -> CameraInfo:
     """CameraInfo of an ideal pinhole camera: D is zero and P = [K | 0]."""
     msg = CameraInfo()
