@@ -46,6 +46,22 @@ RECORD_DEPTH = 1000
 INFINITE = QosTime(9223372036, 854775807)
 
 
+def keep_last_qos(depth: int, reliability: QosReliability, durability: QosDurability) -> Qos:
+    """A KEEP_LAST profile with automatic liveliness and no deadline, lifespan or lease."""
+    zero = QosTime(0, 0)
+    return Qos(
+        QosHistory.KEEP_LAST,
+        depth,
+        reliability,
+        durability,
+        zero,
+        zero,
+        QosLiveliness.AUTOMATIC,
+        zero,
+        False,
+    )
+
+
 def subscription_qos(offered: Sequence[Qos]) -> Qos:
     """The QoS that receives every offered profile, as `ros2 bag record` chooses it.
 
@@ -54,16 +70,10 @@ def subscription_qos(offered: Sequence[Qos]) -> Qos:
     """
     reliable = bool(offered) and all(q.reliability == QosReliability.RELIABLE for q in offered)
     latched = bool(offered) and all(q.durability == QosDurability.TRANSIENT_LOCAL for q in offered)
-    return Qos(
-        QosHistory.KEEP_LAST,
+    return keep_last_qos(
         RECORD_DEPTH,
         QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
         QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
-        QosTime(0, 0),
-        QosTime(0, 0),
-        QosLiveliness.AUTOMATIC,
-        QosTime(0, 0),
-        False,
     )
 
 
