@@ -317,7 +317,7 @@ class EpisodeBuilder:
         p = tick["privileged"]
         ee = np.asarray(tick["ee_position_m"], dtype=np.float64)
         if p is not None:
-            force = min(float(p["contact_force_n"]), self.settings.force_label_max_n)
+            force = float(p["contact_force_n"])
             contact = float(bool(p["contact"]))
             marker_rel = np.asarray(p["marker_position_m"], dtype=np.float64) - np.asarray(
                 p["ee_position_m"], dtype=np.float64
@@ -325,12 +325,11 @@ class EpisodeBuilder:
             block = np.asarray(p["block_position_m"], dtype=np.float64)
             self.tasks[str(p.get("task", "unknown"))] += 1
         else:
-            force = min(
-                max(0.0, float(tick["wrench"].force_n[2])), self.settings.force_label_max_n
-            )
+            force = max(0.0, float(tick["wrench"].force_n[2]))
             contact = float(force > self.settings.contact_threshold_n)
             marker_rel = np.zeros(3)
             block = np.zeros(3)
+        force = min(force, self.settings.force_label_max_n)
         return {
             "tick_index": np.int64(tick["index"]),
             "stamp_s": np.float64(tick["tick_ns"] / NS),
@@ -527,36 +526,14 @@ class EpisodeBagWriter:
     def __init__(
         self, path: Path, *, storage: str = "mcap", topics: SensorBufferConfig | None = None
     ):
-        from rosbags.interfaces import (
-            Qos,
-            QosDurability,
-            QosHistory,
-            QosLiveliness,
-            QosReliability,
-            QosTime,
-        )
+        from rosbags.interfaces import QosDurability, QosReliability
 
-        from wmpc.bag.writer import BagWriter
+        from wmpc.bag.writer import BagWriter, keep_last_qos
 
         cfg = topics or SensorBufferConfig()
-        zero = QosTime(0, 0)
-
-        def qos(reliability, durability=QosDurability.VOLATILE, depth=10) -> Qos:
-            return Qos(
-                QosHistory.KEEP_LAST,
-                depth,
-                reliability,
-                durability,
-                zero,
-                zero,
-                QosLiveliness.AUTOMATIC,
-                zero,
-                False,
-            )
-
-        sensor = qos(QosReliability.BEST_EFFORT, depth=5)
-        command = qos(QosReliability.RELIABLE)
-        latched = qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, depth=1)
+        sensor = keep_last_qos(5, QosReliability.BEST_EFFORT, QosDurability.VOLATILE)
+        command = keep_last_qos(10, QosReliability.RELIABLE, QosDurability.VOLATILE)
+        latched = keep_last_qos(1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL)
         self.rate_hz = cfg.audio_rate_hz
         self.topics = {
             "image": (cfg.image_topic, "sensor_msgs/msg/Image", sensor),
