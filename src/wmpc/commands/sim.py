@@ -277,7 +277,13 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
     if controller == "wmpc" and args.lockstep:
         from wmpc.config import RuntimeNodeConfig
 
-        overrides["lockstep_period_s"] = 1.0 / RuntimeNodeConfig().control_rate_hz
+        # The runtime's control period, as --runtime-param may have set it.
+        rate_hz = dict(args.runtime_param).get(
+            "control_rate_hz", RuntimeNodeConfig().control_rate_hz
+        )
+        if isinstance(rate_hz, (int, float)) and rate_hz > 0:
+            overrides["lockstep_period_s"] = 1.0 / float(rate_hz)
+        # else runtime_node refuses the parameter at start-up, naming it.
     context = rclpy.Context()
     rclpy.init(context=context)
     node = executor = monitor = None
