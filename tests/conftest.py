@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from wmpc.paths import ensure_venv_prefix, use_wmpc_fastdds_profile
+
 
 def _reserve_domain_id() -> int:
     """A ROS domain id (1..100, within Fast DDS's port range) no other test session holds.
@@ -43,8 +45,9 @@ def _reserve_domain_id() -> int:
 _DOMAIN_LOCKS: list = []
 os.environ["ROS_DOMAIN_ID"] = str(_reserve_domain_id())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # as the nodes use
 sys.setswitchinterval(1e-4)  # as the nodes use: wmpc.nodes.common.short_gil_slices
+ensure_venv_prefix()
+use_wmpc_fastdds_profile()  # as the nodes use: wmpc.nodes.common.use_large_data_transport
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 

@@ -7,6 +7,7 @@ and the plan), and must decode to exactly what was sent.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -167,3 +168,75 @@ def test_plan_path(ros):
     assert path.header.frame_id == "base" and codecs.stamp_to_s(path.header.stamp) == 20.0
     stamps = [codecs.stamp_to_s(p.header.stamp) for p in path.poses]
     np.testing.assert_allclose(stamps, 20.0 + 0.05 * np.arange(1, 16), atol=1e-9)
+
+
+# A publisher in another process, as sim_node and runtime_node are: 640x480 frames cross
+# between two DDS participants through the transports of config/fastdds.xml.
+_FRAME_PUBLISHER = """
+import sys, time
+import numpy as np
+import rclpy
+from sensor_msgs.msg import Image
+from wmpc import codecs
+from wmpc.nodes.common import SENSOR_QOS, use_large_data_transport
+
+use_large_data_transport()
+topic, frames, rate_hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rclpy.init()
+node = rclpy.create_node("frame_publisher")
+publisher = node.create_publisher(Image, topic, SENSOR_QOS)
+deadline = time.monotonic() + 10.0
+while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)  # the reader's side of the match, too
+pixels = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+start = time.monotonic()
+for i in range(frames):
+    publisher.publish(codecs.numpy_to_image(pixels, "rgb8", 10.0 + i / rate_hz, "camera"))
+    time.sleep(max(0.0, start + (i + 1) / rate_hz - time.monotonic()))
+time.sleep(0.5)
+rclpy.shutdown()
+"""
+
+
+def test_camera_frames_cross_processes_without_loss(ros):
+    """30 Hz 640x480 best-effort frames from another process: (nearly) all must arrive.
+
+    With Fast DDS's default 512 KiB shared-memory segment half of such frames were lost
+    between sim_node and runtime_node, and with LARGE_DATA they came late; the runtime then
+    held the arm on a stale image every few ticks (measured in `wmpc sim`, see
+    config/fastdds.xml). Both ends here use wmpc's profile, as the nodes do.
+    """
+    import subprocess
+    import sys
+
+    from wmpc.paths import FASTDDS_PROFILE_ENV, share_path
+
+    assert os.environ[FASTDDS_PROFILE_ENV] == str(share_path("config", "fastdds.xml"))
+    topic, frames = "/codec_test/cross_process_image", 60
+    received = ros.collect(Image, topic, SENSOR_QOS)
+    child = subprocess.run(
+        [sys.executable, "-c", _FRAME_PUBLISHER, topic, str(frames), str(CAMERA_RATE_HZ)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in list(received)}
+    assert len(stamps) >= 0.95 * frames, f"{len(stamps)} of {frames} frames arrived"
+
+
+def test_wmpc_fastdds_profile_is_set_unless_the_user_chose(monkeypatch):
+    from wmpc.paths import FASTDDS_PROFILE_ENV, share_path, use_wmpc_fastdds_profile
+
+    monkeypatch.delenv(FASTDDS_PROFILE_ENV, raising=False)
+    monkeypatch.delenv("RMW_IMPLEMENTATION", raising=False)
+    assert use_wmpc_fastdds_profile() == share_path("config", "fastdds.xml")
+    assert share_path("config", "fastdds.xml").is_file()
+    monkeypatch.setenv(FASTDDS_PROFILE_ENV, "/users/own.xml")
+    assert use_wmpc_fastdds_profile() is None
+    assert os.environ[FASTDDS_PROFILE_ENV] == "/users/own.xml"
+    monkeypatch.delenv(FASTDDS_PROFILE_ENV)
+    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    assert use_wmpc_fastdds_profile() is None
+    assert FASTDDS_PROFILE_ENV not in os.environ

@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     # MuJoCo picks its GL backend at import: render offscreen unless the user chose otherwise.
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    # Camera frames between processes: see wmpc.nodes.common.use_large_data_transport.
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     # Nodes run in-process by `wmpc sim` and `wmpc bench`: see nodes.common.short_gil_slices.
     sys.setswitchinterval(1e-4)
-    from wmpc.paths import ensure_venv_prefix
+    from wmpc.paths import ensure_venv_prefix, use_wmpc_fastdds_profile
 
     ensure_venv_prefix()
+    # Camera frames between processes: see wmpc.nodes.common.use_large_data_transport.
+    use_wmpc_fastdds_profile()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -48,3 +48,25 @@ def share_dir() -> Path:
 def share_path(*parts: str) -> Path:
     """A file or folder under share/wmpc."""
     return share_dir().joinpath(*parts)
+
+
+# The Fast DDS participant profile wmpc's nodes use (see config/fastdds.xml for why).
+FASTDDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
+
+
+def use_wmpc_fastdds_profile() -> Path | None:
+    """Point Fast DDS at share/wmpc/config/fastdds.xml unless the user named a profile.
+
+    Large camera frames need shared-memory segments bigger than Fast DDS's default (the
+    file says why). Returns the profile set, or None when the RMW is not Fast DDS or
+    FASTDDS_DEFAULT_PROFILES_FILE was already set (the user's file wins). Must run before
+    rclpy creates a participant in this process; child processes inherit it.
+    """
+    if os.environ.get("RMW_IMPLEMENTATION", FASTDDS_RMWS[0]) not in FASTDDS_RMWS:
+        return None
+    if os.environ.get(FASTDDS_PROFILE_ENV):
+        return None
+    profile = share_path("config", "fastdds.xml")
+    os.environ[FASTDDS_PROFILE_ENV] = str(profile)
+    return profile

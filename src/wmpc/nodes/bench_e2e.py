@@ -226,7 +226,8 @@ def measure(model_dir: str, duration_s: float = 15.0, warmup_s: float = 5.0) -> 
             return _measure(runtime, output, sensors, listener, duration_s, warmup_s)
         finally:
             # The runtime first: deleting our DDS participant while the runtime's is still
-            # connected to it hung once in Fast DDS's TCP transport (LARGE_DATA) teardown.
+            # connected to it hung once in Fast DDS's TCP transport teardown (LARGE_DATA mode,
+            # used before config/fastdds.xml).
             _stop(runtime, output)
             for spinner in spinners:
                 spinner.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ from rclpy.signals import SignalHandlerOptions
 from wmpc import codecs
 from wmpc.config import build_config
 from wmpc.errors import WmpcError
+from wmpc.paths import use_wmpc_fastdds_profile
 
 T = TypeVar("T")
 
@@ -117,14 +117,16 @@ def short_gil_slices() -> None:
 
 
 def use_large_data_transport() -> None:
-    """Let Fast DDS carry 640x480 images reliably between processes, unless the user chose.
+    """Let Fast DDS carry 640x480 images between processes, unless the user chose a profile.
 
-    With Fast DDS's default builtin transports, about two thirds of 900 kB best-effort camera
-    frames were lost between processes on one host (measured by `wmpc bench --only sim`);
-    its LARGE_DATA mode (shared memory + TCP for large samples) delivered all of them. Other
-    RMWs ignore the variable. Must run before rclpy creates a participant.
+    With Fast DDS's default transports about half of the 900 kB best-effort camera frames
+    were lost between two processes on one host; with its LARGE_DATA mode (TCP for large
+    samples) they came late, after the /clock that covered them, and the runtime held the
+    arm on a stale image every few ticks of `wmpc sim`. wmpc's profile (config/fastdds.xml:
+    8 MiB shared-memory segments) delivered all of them in time. Other RMWs are left alone.
+    Must run before rclpy creates a participant.
     """
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    use_wmpc_fastdds_profile()
 
 
 class _DrainingExecutor(MultiThreadedExecutor):
