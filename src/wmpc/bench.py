@@ -341,6 +341,17 @@ def e2e_section(args) -> dict:
     return measure(args.model, duration_s=float(args.e2e_seconds))
 
 
+def _collect(argv: list[str]) -> int:
+    """`wmpc ARGV` (a collect) in this process; its report goes to stderr, since the
+    bench's stdout is for its own figures (--json)."""
+    import contextlib
+
+    from wmpc.cli import main as wmpc_main
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return wmpc_main(argv)
+
+
 def replay_section(args) -> dict:
     """Replay throughput flat out (640x480 images) and offline evaluate speed."""
     from wmpc.bag.player import bench_replay
@@ -352,13 +363,11 @@ def replay_section(args) -> dict:
     if not bag:
         import tempfile
 
-        from wmpc.cli import main as wmpc_main
-
         # A 10 s press episode by the scripted expert, recorded as `wmpc collect` does.
         out = Path(tempfile.mkdtemp(prefix="wmpc_bench_")) / "episodes"
         argv = ["collect", str(out), "--episodes", "1", "--seed", "7"]
         argv += ["--tasks", "press", "--controllers", "expert", "--linger-s", "3"]
-        if wmpc_main(argv) != 0:
+        if _collect(argv) != 0:
             raise BenchError("recording the evaluation bag with `wmpc collect` failed")
         bag = str(next(p for p in sorted(out.iterdir()) if p.is_dir()))
     figures.update(bench_evaluate(bag, args.model))
@@ -446,12 +455,10 @@ def _collect_speed(sim_seconds: float) -> dict:
     the shipped manifest): the resolution the model's data is made at. Rendering 64x64
     directly would be cheaper but would give other pixels than the model was trained on.
     """
-    import contextlib
     import importlib
     import json
     import tempfile
 
-    from wmpc.cli import main as wmpc_main
     from wmpc.config import SimConfig
 
     # What collect imports is imported before the clock starts: import time is not
@@ -462,10 +469,8 @@ def _collect_speed(sim_seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="wmpc_bench_collect_") as tmp:
         out = Path(tmp) / "episodes"
         argv = ["collect", str(out), "--episodes", str(episodes), "--seed", str(COLLECT_SEED)]
-        # collect reports on stdout; the bench's stdout is for its own figures (--json).
         wall_start, cpu_start = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stdout(sys.stderr):
-            code = wmpc_main(argv)
+        code = _collect(argv)
         wall_s = time.perf_counter() - wall_start
         cpu_s = time.process_time() - cpu_start
         if code != 0:
