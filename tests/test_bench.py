@@ -210,9 +210,11 @@ def test_torch_reference_plans_like_the_onnx_planner(model_dir, model, z, task):
     for tick in range(3):
         a, b = ours.plan(z, _goal(task)), reference.plan(z, _goal(task))
         difference = np.abs(a.actions - b.actions) / half_range  # normalised units
-        # float32 networks agree to ~1e-6 per step; MPPI's elite weights amplify that to a
-        # few 1e-4 over iterations, still 40x below what other noise changes (last check).
-        assert difference.max() < 1e-3, (tick, difference.max())
+        # float32 networks agree to ~1e-6 per step; MPPI's elite weights amplify that over
+        # iterations and warm-started ticks (measured: up to 1e-3, and 1e-2 on push's third
+        # tick, where two elites nearly tie), still 90x below what other noise changes
+        # (1.8: last check).
+        assert difference.max() < 2e-2, (tick, difference.max())
         assert b.cost == pytest.approx(a.cost, rel=1e-4)
         for name in HEADS:
             np.testing.assert_allclose(b.predictions[name], a.predictions[name], atol=1e-3)
@@ -220,7 +222,7 @@ def test_torch_reference_plans_like_the_onnx_planner(model_dir, model, z, task):
     other = TorchReferencePlanner(net, config, *box, noise=_numpy_noise(config.seed + 1))
     for _ in range(3):
         c = other.plan(z, _goal(task))
-    assert (np.abs(c.actions - a.actions) / half_range).max() > 2e-2
+    assert (np.abs(c.actions - a.actions) / half_range).max() > 0.5
 
 
 def test_torch_reference_is_seeded(model_dir, z):

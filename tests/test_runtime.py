@@ -49,7 +49,9 @@ def test_first_tick_holds_then_commands_step_towards_goal(tiny_dir):
     # The fake arm stays at x = 0.5: each command is one step from the measured pose (not
     # from the last command), towards the goal in +x.
     assert np.all(x <= 0.5 + 0.02 + 1e-9), x
-    assert np.mean(x) > 0.5 + 0.005, x
+    # Every tick steps towards the goal; the smoothness cost ramps the step up from rest.
+    assert np.all(x > 0.5 + 0.002), x
+    assert x[-1] > 0.5 + 0.004, x
     for r in moving:
         assert np.all(np.isfinite(r.command.pose.position_m))
         assert np.linalg.norm(r.command.wrench.force_n) <= SafetyConfig().max_force_n

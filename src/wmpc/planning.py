@@ -54,6 +54,7 @@ class TaskCost:
     goal: Goal
     workspace_min_m: np.ndarray | None = None  # (3,)
     workspace_max_m: np.ndarray | None = None  # (3,)
+    ee_now_m: np.ndarray | None = None  # (3,) measured ee position, where step 0 starts
 
     @property
     def desired_normal_force_n(self) -> float:
@@ -95,6 +96,25 @@ class TaskCost:
             self.config.approach_weight_per_m * _norm(ee_m - behind)
         )
 
+    def target_height(self, ee_m: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """(K, H) press: how far each commanded target lies off the goal surface.
+
+        A target is the ee where the step starts (measured for step 0, predicted after) plus
+        the step. In contact the predicted ee stays on the surface whatever the target, so
+        the ee cost cannot see it; but a deep target presses through the impedance spring,
+        whose force the model knows worst (labels saturate at 20 N), and one above the
+        surface pulls the pad up against the feed-forward force. On the surface, the
+        commanded force is the contact force.
+        """
+        if self.ee_now_m is None:
+            return np.zeros(ee_m.shape[:2])
+        k = ee_m.shape[0]
+        start_z = np.concatenate(
+            [np.full((k, 1), float(self.ee_now_m[2])), ee_m[:, :-1, 2]], axis=1
+        )  # (K, H)
+        off_m = start_z + actions[..., 2] - self.goal.pose.position_m[2]
+        return self.config.press_target_weight_per_m * np.abs(off_m)
+
     def commanded_force(self, actions: np.ndarray) -> np.ndarray:
         """(K, H) commanded normal force away from the goal's (physical actions)."""
         error = np.abs(actions[..., 3] - self.desired_normal_force_n)
@@ -134,6 +154,7 @@ class TaskCost:
             per_tick += self.ee_position(ee)
         if self.goal.task == "press":
             per_tick += self.marker_alignment(heads["marker_rel_m"].astype(np.float64))
+            per_tick += self.target_height(ee, actions)
         if "contact_force_n" in heads:
             per_tick += self.contact_force(heads["contact_force_n"].astype(np.float64))
         cost = per_tick.sum(axis=1)  # (K,)
@@ -169,6 +190,15 @@ class Planner:
         self.rng = np.random.default_rng(self.config.seed if seed is None else seed)
         self._previous_mean: np.ndarray | None = None  # (H, A) normalised
         self._previous_action = self.rest_unit.copy()  # (A,) first action of the last plan
+        self._ee_now_m: np.ndarray | None = None  # (3,) measured ee at this tick
+
+    def observe(self, ee_position_m: np.ndarray) -> None:
+        """The measured ee position this tick, before plan(): where the first step starts.
+
+        The press cost charges commanded targets off the surface (TaskCost.target_height),
+        and a target is this position plus the first step.
+        """
+        self._ee_now_m = np.asarray(ee_position_m, dtype=np.float64)
 
     def to_physical(self, actions_unit: np.ndarray) -> np.ndarray:
         """Normalised actions in [-1, 1] -> physical units (ACTION_NAMES order)."""
@@ -178,7 +208,7 @@ class Planner:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
         if goal.task not in TASK_HEADS:
             raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
-        cost = TaskCost(self.config, goal, *self.workspace)
+        cost = TaskCost(self.config, goal, *self.workspace, self._ee_now_m)
         needed = list(TASK_HEADS[goal.task])
         if cost.desired_normal_force_n > 0 and "contact_force_n" not in needed:
             needed.append("contact_force_n")

@@ -182,6 +182,7 @@ class ControlLoop:
             try:
                 inputs = self.preprocess(snapshot.observation)
                 z = self.model.encode(inputs)  # (1, latent)
+                self.planner.observe(snapshot.observation.ee_pose.position_m)
                 plan = self.planner.plan(z, Goal(goal.pose, goal.wrench, self.task))
                 # The step is taken from the measured pose, not the last command: the model
                 # predicts ee' = ee + step from what it observes, and nothing it observes says
