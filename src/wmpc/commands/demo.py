@@ -51,13 +51,12 @@ def run(args) -> int:
     """Record, run the closed loop and the expert, evaluate the bag, print the table."""
     import json
     import os
-    import signal
-    import subprocess
     import sys
     import time
 
     from wmpc.cli import main as wmpc_main
     from wmpc.errors import WmpcError
+    from wmpc.nodes.closed_loop import RecorderProcess
     from wmpc.paths import share_path
 
     model = args.model or str(share_path("models", "default"))
@@ -70,15 +69,13 @@ def run(args) -> int:
     out.mkdir(parents=True)
     bag = out / "bag"
     print(f"demo: {args.episodes} {args.task} episode(s) from seed {args.seed} -> {out}")
-    recorder = [sys.executable, "-m", "wmpc.cli", "record", str(bag), "--all"]
-    recorder += ["--compression-mode", "message", "--progress-period", "1000"]
-    record = subprocess.Popen(recorder, start_new_session=True)
-    try:
-        time.sleep(2.0)  # let the recorder join the graph before the first message
-        sim_json = out / "sim.json"
+    # Every topic, camera included: `wmpc evaluate` replays the run through the model.
+    recorder = ["--all", "--compression-mode", "message", "--progress-period", "0"]
+    sim_json = out / "sim.json"
+    with RecorderProcess(bag, recorder):
         argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
         argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
-        argv += ["--real-time-factor", str(args.real_time_factor)]
+        argv += ["--real-time-factor", str(args.real_time_factor), "--no-report"]
         if args.model:
             argv += ["--model", args.model]
         with open(sim_json, "w") as stream:
@@ -89,9 +86,6 @@ def run(args) -> int:
                 sys.stdout = saved
         if code != 0:
             raise WmpcError(f"the closed-loop run failed (exit code {code}); see above")
-    finally:
-        record.send_signal(signal.SIGINT)
-        record.wait(timeout=60)
     report = json.loads(sim_json.read_text())
     print("demo: evaluating the recording offline ...", file=sys.stderr)
     evaluate = ["evaluate", str(bag), "--model", model, "--report", str(out / "report")]

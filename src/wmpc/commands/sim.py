@@ -129,7 +129,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ros__parameters YAML with a sim_node section (default: the installed sim.yaml)",
     )
     parser.add_argument(
-        "--runs-dir", type=Path, default=Path("runs"), help="where --snapshot writes (runs/)"
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="wmpc controller: do not write runs/sim-<time>-<task>/ (the bag of every topic "
+        "but the camera, results.json and closed_loop.png)",
+    )
+    parser.add_argument(
+        "--record-camera",
+        action="store_true",
+        help="wmpc controller: record the camera frames too (about 27 MB per sim second "
+        "before compression; `wmpc evaluate` can then replay the run through a model)",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="where the report and --snapshot are written (runs/)",
     )
 
 
@@ -154,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         raise WmpcError(
             "the wmpc controller sees the world through the sensor topics: drop --headless"
         )
+    report_dir = None
+    if "wmpc" in controllers and args.report:
+        report_dir = args.runs_dir / time.strftime(f"sim-%Y%m%d-%H%M%S-{args.task}")
+        report_dir.mkdir(parents=True)
     results = {}
     for name in controllers:
         progress = _progress_printer(name, args.episodes)
@@ -161,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             # Reference controllers need no topics; compared runs use the same seeds.
             results[name] = run_headless(args, name, world_config, progress)
         else:
-            results[name] = run_with_ros(args, name, params_file, progress)
+            with _recording(report_dir if name == "wmpc" else None, args.record_camera):
+                results[name] = run_with_ros(args, name, params_file, progress)
     snapshot_dir = None
     if args.snapshot:
         # The snapshot episode runs in-process on the world's sensors; the learned
@@ -169,17 +190,45 @@ def run(args: argparse.Namespace) -> int:
         pictured = next((c for c in controllers if c != "wmpc"), "expert")
         print(f"snapshot: one {args.task} episode with the {pictured} controller", file=sys.stderr)
         snapshot_dir = write_snapshot(args.task, pictured, args.seed, world_config, args.runs_dir)
+    report = {"task": args.task, "seed": args.seed, "episodes": args.episodes}
+    report["results"] = results
+    if snapshot_dir is not None:
+        report["snapshot"] = str(snapshot_dir)
+    if report_dir is not None:
+        report["report"] = str(report_dir)
+        _write_report(report_dir, args.task, report)
     if args.json:
-        report = {"task": args.task, "seed": args.seed, "episodes": args.episodes}
-        report["results"] = results
-        if snapshot_dir is not None:
-            report["snapshot"] = str(snapshot_dir)
         print(json.dumps(_json_safe(report)))
     else:
         print(results_table(args.task, args.seed, results))
         if snapshot_dir is not None:
             print(f"snapshot: {snapshot_dir}")
+        if report_dir is not None:
+            print(f"report: {report_dir}")
     return 0
+
+
+def _recording(report_dir: Path | None, camera: bool):
+    """A `wmpc record` child process into report_dir/bag, or nothing without a report."""
+    import contextlib
+
+    if report_dir is None:
+        return contextlib.nullcontext()
+    from wmpc.nodes.closed_loop import RecorderProcess
+    from wmpc.sim_report import BAG_DIR, CAMERA_TOPICS_REGEX
+
+    options = ["--all", "--compression-mode", "message", "--progress-period", "0"]
+    if not camera:
+        options += ["--exclude-regex", CAMERA_TOPICS_REGEX]
+    return RecorderProcess(report_dir / BAG_DIR, options)
+
+
+def _write_report(report_dir: Path, task: str, report: dict) -> None:
+    """results.json and closed_loop.png beside the bag."""
+    from wmpc.sim_report import BAG_DIR, PLOT_FILE, RESULTS_FILE, write_plot
+
+    (report_dir / RESULTS_FILE).write_text(json.dumps(_json_safe(report), indent=1) + "\n")
+    write_plot(report_dir / BAG_DIR, task, report_dir / PLOT_FILE)
 
 
 # ---- configuration ----------------------------------------------------------------------

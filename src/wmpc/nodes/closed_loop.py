@@ -8,9 +8,11 @@ starts and stops that runtime process and listens to its /diagnostics for plan l
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -75,6 +77,40 @@ class RuntimeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class RecorderProcess:
+    """`wmpc record BAG ARGS...` as a child process while a `with` block runs.
+
+    On leaving the block it gets SIGINT, as from Ctrl-C, and closes a valid bag; a recorder
+    that fails is reported with its exit code (the run it recorded still stands).
+    """
+
+    JOIN_S = 2.0  # time for the recorder to join the graph before the first message
+
+    def __init__(self, bag: Path, args: list[str]):
+        self.command = [sys.executable, "-m", "wmpc.cli", "record", str(bag), *args]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> RecorderProcess:
+        # Its progress lines go to stderr: stdout may be carrying `--json` output.
+        self.proc = subprocess.Popen(self.command, stdout=sys.stderr, start_new_session=True)
+        time.sleep(self.JOIN_S)
+        if self.proc.poll() is not None:
+            raise WmpcError(f"`{' '.join(self.command[2:])}` exited with {self.proc.returncode}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if code != 0:
+            print(f"wmpc record exited with {code}; the bag may be incomplete", file=sys.stderr)
 
 
 class RuntimeMonitor:
