@@ -214,3 +214,17 @@ def test_planner_passes_the_measured_ee_to_the_press_cost(model):
     np.testing.assert_array_equal(p.cost_for(target).ee_now_m, ee_now)
     p.reset()  # a new goal: nothing measured yet
     assert p.cost_for(target).ee_now_m is None
+
+
+def test_press_sliding_costs_horizontal_steps_in_contact(model):
+    from wmpc.planning import TaskCost
+
+    target = goal([0.5, 0.0, tiny_model.TABLE_Z_M], task="press", force_n=5.0)
+    cost = TaskCost(config(press_slide_weight_per_m=300.0), target)
+    steps = np.zeros((1, 2, 4))
+    steps[0, :, :2] = [0.003, 0.004]  # 5 mm sideways each step
+    contact = np.array([[[1.0], [0.5]]])  # (K, H, 1): certain, then even odds
+    np.testing.assert_allclose(cost.sliding(contact, steps), [[1.5, 0.75]])
+    steps[0, :, :2] = 0.0
+    steps[0, :, 2] = -0.01  # straight down: no sliding
+    assert not cost.sliding(contact, steps).any()

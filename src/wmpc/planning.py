@@ -115,6 +115,11 @@ class TaskCost:
         off_m = start_z + actions[..., 2] - self.goal.pose.position_m[2]
         return self.config.press_target_weight_per_m * np.abs(off_m)
 
+    def sliding(self, contact_prob: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """(K, H) press: horizontal step length of steps predicted to end in contact."""
+        slide_m = _norm(actions[..., :2])
+        return self.config.press_slide_weight_per_m * contact_prob[..., 0] * slide_m
+
     def commanded_force(self, actions: np.ndarray) -> np.ndarray:
         """(K, H) commanded normal force away from the goal's (physical actions)."""
         error = np.abs(actions[..., 3] - self.desired_normal_force_n)
@@ -155,6 +160,8 @@ class TaskCost:
         if self.goal.task == "press":
             per_tick += self.marker_alignment(heads["marker_rel_m"].astype(np.float64))
             per_tick += self.target_height(ee, actions)
+            if self.config.press_slide_weight_per_m > 0 and "contact_prob" in heads:
+                per_tick += self.sliding(heads["contact_prob"].astype(np.float64), actions)
         if "contact_force_n" in heads:
             per_tick += self.contact_force(heads["contact_force_n"].astype(np.float64))
         cost = per_tick.sum(axis=1)  # (K,)

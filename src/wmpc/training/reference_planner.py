@@ -128,6 +128,11 @@ class TorchReferencePlanner:
         if goal.task == "press":
             marker_xy = heads["marker_rel_m"][..., :2]
             cost = cost + cfg.marker_weight_per_m * _norm(marker_xy).sum(dim=1)
+            if cfg.press_slide_weight_per_m > 0:
+                slide_m = _norm(actions[..., :2]) * heads["contact_prob"][..., 0]  # (K, H)
+                cost = cost + cfg.press_slide_weight_per_m * slide_m.sum(dim=1)
+            # TaskCost.target_height needs the measured ee (Planner.observe), which plans
+            # timed against this reference are not given: neither planner has that term.
         contact_error = torch.abs(heads["contact_force_n"][..., 0] - desired_n)  # (K, H)
         cost = cost + cfg.force_weight_per_n * contact_error.sum(dim=1)
         return torch.where(torch.isfinite(cost), cost, torch.inf)
