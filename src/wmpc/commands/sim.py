@@ -181,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
             # Reference controllers need no topics; compared runs use the same seeds.
             results[name] = run_headless(args, name, world_config, progress)
         else:
-            with _recording(report_dir if name == "wmpc" else None, args.record_camera):
-                results[name] = run_with_ros(args, name, params_file, progress)
+            recorded = report_dir is not None and name == "wmpc"
+            with _recording(report_dir if recorded else None, args.record_camera):
+                results[name] = run_with_ros(args, name, params_file, progress, recorded)
     snapshot_dir = None
     if args.snapshot:
         # The snapshot episode runs in-process on the world's sensors; the learned
@@ -300,8 +301,12 @@ def run_headless(args, controller: str, world_config, progress) -> dict:
     return {**report["summary"], "per_episode": report["per_episode"]}
 
 
-def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
+def run_with_ros(
+    args, controller: str, params_file: Path, progress, recorded: bool = False
+) -> dict:
     """Episodes inside sim_node (all topics published), spun in this process until done.
+
+    `recorded`: a `wmpc record` process is recording; the sim starts once it has subscribed.
 
     With the wmpc controller, runtime_node runs as its own process on sim time and drives
     the arm over DDS; it is started (and active) before the first episode begins.
@@ -349,11 +354,16 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
             executor = SingleThreadedExecutor(context=context)
             if controller == "wmpc":
                 monitor = _wait_for_runtime(context, executor, runtime)
+                if recorded:
+                    _wait_for_recorder(monitor, executor, ("/arm/pose_command",))
             node = SimNode(
                 context=context,
                 cli_args=["--ros-args", "--params-file", str(params_file)],
                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
             )
+            if recorded and monitor is not None:
+                # The sim steps once spun: the bag is to hold its first messages too.
+                _wait_for_recorder(monitor, executor, ("/clock", "/arm/ee_pose"))
             executor.add_node(node)
             reported = 0
             while not node.finished:
@@ -374,6 +384,29 @@ def run_with_ros(args, controller: str, params_file: Path, progress) -> dict:
         return summary
     finally:
         shut_down_in_process(executor, node, context)
+
+
+def _wait_for_recorder(watcher, executor, topics: tuple[str, ...], timeout_s: float = 20.0):
+    """Spin until `wmpc record`'s node subscribes to every one of `topics` (it polls the
+    graph every 0.5 s, and subscribes once a topic has a publisher)."""
+    import time
+
+    from wmpc.nodes.record import NODE_NAME
+
+    def subscribed(topic: str) -> bool:
+        infos = watcher.get_subscriptions_info_by_topic(topic)
+        return any(info.node_name == NODE_NAME for info in infos)
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(subscribed(topic) for topic in topics):
+            return
+        executor.spin_once(timeout_sec=0.1)
+    missing = [topic for topic in topics if not subscribed(topic)]
+    raise WmpcError(
+        f"wmpc record did not subscribe to {missing} within {timeout_s:.0f} s; the report's "
+        "bag would miss the start of the run (or pass --no-report)"
+    )
 
 
 def _wait_for_runtime(context, executor, runtime, timeout_s: float = 60.0):
