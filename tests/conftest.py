@@ -47,7 +47,7 @@ os.environ["ROS_DOMAIN_ID"] = str(_reserve_domain_id())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 sys.setswitchinterval(1e-4)  # as the nodes use: wmpc.nodes.common.short_gil_slices
 ensure_venv_prefix()
-use_wmpc_fastdds_profile()  # as the nodes use: wmpc.nodes.common.use_large_data_transport
+use_wmpc_fastdds_profile()  # as the nodes use (wmpc.nodes.common.run_node)
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 

@@ -178,9 +178,10 @@ import numpy as np
 import rclpy
 from sensor_msgs.msg import Image
 from wmpc import codecs
-from wmpc.nodes.common import SENSOR_QOS, use_large_data_transport
+from wmpc.nodes.common import SENSOR_QOS
+from wmpc.paths import use_wmpc_fastdds_profile
 
-use_large_data_transport()
+use_wmpc_fastdds_profile()
 topic, frames, rate_hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rclpy.init()
 node = rclpy.create_node("frame_publisher")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from wmpc.paths import ensure_venv_prefix, use_wmpc_fastdds_profile
 
     ensure_venv_prefix()
-    # Camera frames between processes: see wmpc.nodes.common.use_large_data_transport.
+    # Camera frames between processes: see wmpc.paths.use_wmpc_fastdds_profile.
     use_wmpc_fastdds_profile()
     parser = build_parser()
     args = parser.parse_args(argv)

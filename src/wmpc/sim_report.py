@@ -25,7 +25,6 @@ from wmpc import codecs
 PLOT_FILE = "closed_loop.png"
 RESULTS_FILE = "results.json"
 BAG_DIR = "bag"
-CAMERA_TOPICS_REGEX = "^/camera/image_raw$"
 POSE_TOPICS = ("/arm/ee_pose", "/arm/pose_command", "/wmpc/goal")
 WRENCH_TOPICS = ("/arm/wrench", "/arm/wrench_command")
 PRESS_FORCE_BAND_N = (4.0, 6.0)  # wmpc.sim.tasks: 5 N +- 1 N

@@ -69,10 +69,9 @@ def run(args) -> int:
     out.mkdir(parents=True)
     bag = out / "bag"
     print(f"demo: {args.episodes} {args.task} episode(s) from seed {args.seed} -> {out}")
-    # Every topic, camera included: `wmpc evaluate` replays the run through the model.
-    recorder = ["--all", "--compression-mode", "message", "--progress-period", "0"]
     sim_json = out / "sim.json"
-    with RecorderProcess(bag, recorder):
+    # Camera included: `wmpc evaluate` replays the run through the model.
+    with RecorderProcess.of_run(bag, camera=True):
         argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
         argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
         argv += ["--real-time-factor", str(args.real_time_factor), "--no-report"]

@@ -216,12 +216,9 @@ def _recording(report_dir: Path | None, camera: bool):
     if report_dir is None:
         return contextlib.nullcontext()
     from wmpc.nodes.closed_loop import RecorderProcess
-    from wmpc.sim_report import BAG_DIR, CAMERA_TOPICS_REGEX
+    from wmpc.sim_report import BAG_DIR
 
-    options = ["--all", "--compression-mode", "message", "--progress-period", "0"]
-    if not camera:
-        options += ["--exclude-regex", CAMERA_TOPICS_REGEX]
-    return RecorderProcess(report_dir / BAG_DIR, options)
+    return RecorderProcess.of_run(report_dir / BAG_DIR, camera)
 
 
 def _write_report(report_dir: Path, task: str, report: dict) -> None:

@@ -87,10 +87,20 @@ class RecorderProcess:
     """
 
     JOIN_S = 2.0  # time for the recorder to join the graph before the first message
+    CAMERA_TOPICS_REGEX = "^/camera/image_raw$"
 
     def __init__(self, bag: Path, args: list[str]):
         self.command = [sys.executable, "-m", "wmpc.cli", "record", str(bag), *args]
         self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def of_run(cls, bag: Path, camera: bool) -> RecorderProcess:
+        """Every topic of a closed-loop run, zstd per message, no progress lines; the
+        camera frames (about 27 MB per sim second before compression) only if `camera`."""
+        args = ["--all", "--compression-mode", "message", "--progress-period", "0"]
+        if not camera:
+            args += ["--exclude-regex", cls.CAMERA_TOPICS_REGEX]
+        return cls(bag, args)
 
     def __enter__(self) -> RecorderProcess:
         # Its progress lines go to stderr: stdout may be carrying `--json` output.

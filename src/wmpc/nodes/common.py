@@ -116,19 +116,6 @@ def short_gil_slices() -> None:
     sys.setswitchinterval(1e-4)
 
 
-def use_large_data_transport() -> None:
-    """Let Fast DDS carry 640x480 images between processes, unless the user chose a profile.
-
-    With Fast DDS's default transports about half of the 900 kB best-effort camera frames
-    were lost between two processes on one host; with its LARGE_DATA mode (TCP for large
-    samples) they came late, after the /clock that covered them, and the runtime held the
-    arm on a stale image every few ticks of `wmpc sim`. wmpc's profile (config/fastdds.xml:
-    8 MiB shared-memory segments) delivered all of them in time. Other RMWs are left alone.
-    Must run before rclpy creates a participant.
-    """
-    use_wmpc_fastdds_profile()
-
-
 class _DrainingExecutor(MultiThreadedExecutor):
     """A MultiThreadedExecutor whose shutdown first lets the callbacks in flight finish.
 
@@ -155,7 +142,7 @@ def run_node(make_node: Callable[[], Node], *, threads: int = 2) -> int:
     # flag: an exception raised at an arbitrary point could land inside the executor while
     # it starts a worker thread, and that orphaned thread then blocks interpreter exit.
     # SIGTERM (from `wmpc launch` or ros2 launch) ends the spin like Ctrl-C does.
-    use_large_data_transport()
+    use_wmpc_fastdds_profile()
     short_gil_slices()
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
