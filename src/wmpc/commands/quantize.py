@@ -1,9 +1,11 @@
 """Quantize an exported model to INT8 (static QDQ) and measure its accuracy cost.
 
 Calibrates on held-out episodes: the bags in DATA_DIR that the model was not trained on (the
-manifest lists the training episodes by bag fingerprint). Writes encoder.int8.onnx and
-rollout.int8.onnx beside the fp32 files, measures per-head error of both precisions on the
-same episodes at horizons 1, 5 and 10, and rewrites manifest.json with precision "int8".
+manifest lists the training episodes by bag fingerprint, and in the folder it was trained
+from also by name, since a re-recorded episode keeps its name but not its bytes). Writes
+encoder.int8.onnx and rollout.int8.onnx beside the fp32 files, measures per-head error of
+both precisions on the same episodes at horizons 1, 5 and 10, and rewrites manifest.json
+with precision "int8".
 The same model, data and seed give byte-identical INT8 files.
 
 examples:
@@ -54,7 +56,17 @@ def run(args: Any) -> int:
     settings = DatasetSettings.from_dict(stored, source="manifest")
     episodes = prepare_episodes(Path(args.calib), settings, progress=say)
     trained_on = set(training.get("train_fingerprints", []))
-    held_out = [e for e in episodes if e.meta["fingerprint"] not in trained_on]
+    # In the folder the model was trained from, a training episode that was re-recorded (a
+    # newer simulator build can change its bytes, and so its fingerprint) is still a
+    # training episode: there the names decide too.
+    trained_in = training.get("data_dir")
+    same_folder = bool(trained_in) and Path(args.calib).resolve() == Path(trained_in).resolve()
+    train_names = set(training.get("train_episodes", [])) if same_folder else set()
+    held_out = [
+        e
+        for e in episodes
+        if e.meta["fingerprint"] not in trained_on and e.name not in train_names
+    ]
     if not held_out:
         raise DatasetError(
             f"every episode in {args.calib} was used for training; calibrate and measure on "
