@@ -166,6 +166,7 @@ def test_planner_section_reports_every_figure(model_dir, model):
         assert math.isfinite(value) and value > 0, (key, value)
     assert figures["model_name"] == "bench-test"
     assert figures["model_precision"] == "fp32"
+    assert figures["planner_int8_cpu_kernels"] is False  # fp32 files: nothing to rewrite
     # The figures hang together: throughput and speedup come from the measured medians.
     budget = PlannerConfig(samples=512, iterations=6, horizon=3)
     steps = budget.samples * budget.iterations * budget.horizon

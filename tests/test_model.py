@@ -295,14 +295,18 @@ def test_truncated_onnx_is_caught_by_its_hash(model_dir):
         WorldModel.load(model_dir, providers=CPU)
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_onnx_with_a_matching_hash_is_a_clear_load_error(model_dir, damage):
-    path = model_dir / "encoder.int8.onnx"
+def test_corrupt_onnx_with_a_matching_hash_is_a_clear_load_error(model_dir, damage, precision):
+    # int8 files are parsed first for the CPU kernel rewrite (wmpc.int8_cpu); fp32 go
+    # straight to ONNX Runtime. Either way the error names the file and the likely cause.
+    name = "encoder.int8.onnx" if precision == "int8" else "encoder.onnx"
+    path = model_dir / name
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"\x08\x07junk" * 50)
     rehash(model_dir)
-    with pytest.raises(ModelLoadError, match=r"encoder.int8.onnx: ONNX Runtime cannot load"):
-        WorldModel.load(model_dir, providers=CPU)
+    with pytest.raises(ModelLoadError, match=rf"{name}: .*is it truncated or corrupt\?"):
+        WorldModel.load(model_dir, precision, providers=CPU)
 
 
 def test_read_manifest_reports_bad_json(model_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -142,3 +143,73 @@ def test_calibrating_on_training_episodes_only_is_refused(
     capsys.readouterr()
     assert main(["quantize", str(out), "--calib", str(only_train)]) == 2
     assert "was used for training" in capsys.readouterr().err
+
+
+def test_a_re_recorded_training_episode_is_not_calibration_data(
+    synthetic_bags, cli_model, tmp_path
+):
+    """In the training folder, a training bag whose bytes changed is still a training bag."""
+    bags = Path(shutil.copytree(synthetic_bags, tmp_path / "bags"))
+    model = Path(shutil.copytree(cli_model, tmp_path / "model"))
+    document = json.loads((model / "manifest.json").read_text())
+    document["training"]["data_dir"] = str(bags)
+    (model / "manifest.json").write_text(json.dumps(document))
+    re_recorded = document["training"]["train_episodes"][0]
+    (bags / re_recorded / "notes.txt").write_text("recorded again\n")  # a new fingerprint
+    assert main(["quantize", str(model), "--calib", str(bags)]) == 0
+    calibrated_on = read_manifest(model).raw["accuracy_info"]["episodes"]
+    assert re_recorded not in calibrated_on
+    assert calibrated_on == document["training"]["held_out_episodes"]
+
+
+def test_cpu_int8_kernels_compute_the_qdq_graph_as_written(fp32_model, tmp_path):
+    """wmpc.int8_cpu: unsigned activations and QGemm, and not one output value changed.
+
+    The reference is ONNX Runtime running the Q/DQ graph as written (no Q/DQ cleanup, no
+    rewrite), which is what TensorRT executes; ONNX Runtime's own fusion leaves the hidden
+    layers of the dynamics in float, so it is not that reference.
+    """
+    import onnxruntime as ort
+
+    from wmpc.int8_cpu import lower_for_cpu
+    from wmpc.model import session_options
+
+    source, held, pre = fp32_model
+    paths = quantize.quantize_model(copy_fp32(source, tmp_path / "model"), held, pre)
+    CPU = ["CPUExecutionProvider"]
+    episode = held[0]
+    inputs = pre.normalise({name: episode.arrays[name][:16] for name in INPUT_NAMES})
+    rng = np.random.default_rng(3)
+    low, high = np.array(quantize.ACTION_LOW), np.array(quantize.ACTION_HIGH)
+    actions = rng.uniform(low, high, size=(16, 4, low.size)).astype(np.float32)
+
+    def both_ways(part: str, feed: dict) -> list[np.ndarray]:
+        """Run `part` as written and lowered; assert the same outputs; return them."""
+        written = onnx.load(paths[part])
+        lowered, rewrites = lower_for_cpu(written)
+        onnx.checker.check_model(lowered)
+        assert rewrites.get("unsigned_QuantizeLinear", 0) > 0
+        if part == "rollout":
+            body = lowered.graph.node[0].attribute[0].g
+            # the dynamics' three layers and the heads read quantized inputs: all integer now
+            assert rewrites["qgemm"] >= 3
+            assert sum(n.op_type == "QGemm" for n in body.node) == rewrites["qgemm"]
+            gemms = [n.name for n in body.node if n.op_type == "Gemm"]
+            assert not any(name.startswith("dynamics") for name in gemms)
+        as_written = ort.InferenceSession(
+            str(paths[part]), session_options(1, qdq_cleanup=False), providers=CPU
+        )
+        fast = ort.InferenceSession(
+            lowered.SerializeToString(), session_options(1, qdq_cleanup=False), providers=CPU
+        )
+        expected, got = as_written.run(None, feed), fast.run(None, feed)
+        for a, b in zip(expected, got, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+        return expected
+
+    (z,) = both_ways("encoder", inputs)
+    both_ways("rollout", {"z": z, "actions": actions})
+    # A float graph has nothing to rewrite.
+    fp32 = onnx.load(source / export.ROLLOUT_FILE)
+    lowered, rewrites = lower_for_cpu(fp32)
+    assert rewrites == {} and lowered.SerializeToString() == fp32.SerializeToString()

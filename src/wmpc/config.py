@@ -896,6 +896,12 @@ class ModelConfig:
         "on the CPU provider, let ONNX Runtime drop the int8 graph's Q/DQ pairs its int8 "
         "kernels do not use (faster, and closer to fp32); off = run the Q/DQ graph as written",
     )
+    cpu_int8_kernels: bool = param(
+        True,
+        "on the CPU provider, run the int8 graph's matrix products as ONNX Runtime's u8 x s8 "
+        "integer kernels (wmpc.int8_cpu: exact to the Q/DQ graph as written, which is what "
+        "TensorRT runs); off = ONNX Runtime's own Q/DQ handling (float for most products)",
+    )
 
 
 # ---- runtime node ----------------------------------------------------------------------------

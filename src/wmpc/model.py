@@ -531,6 +531,35 @@ def session_options(intra_op_threads: int, qdq_cleanup: bool) -> ort.SessionOpti
 # ---- the model ----------------------------------------------------------------------------
 
 
+def cpu_int8_source(path: Path, part: str) -> tuple[bytes, dict[str, int]]:
+    """An int8 ONNX file lowered for the CPU provider (`wmpc.int8_cpu`), as session bytes,
+    and what was rewritten.
+
+    The file's sha256 was checked against the manifest before; only the in-memory graph is
+    rewritten. Needs the `onnx` package (requirements/runtime.txt).
+    """
+    try:
+        import onnx
+        from google.protobuf.message import DecodeError
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"the int8 CPU kernels need the 'onnx' package ({exc}); install it "
+            "(pip install -r requirements/runtime.txt) or set model.cpu_int8_kernels false"
+        ) from None
+    from wmpc.int8_cpu import lower_for_cpu
+
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"{path}: cannot parse this {part} file as ONNX ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); is it truncated or corrupt? Re-export the model"
+        ) from None
+    lowered, rewrites = lower_for_cpu(model)
+    log.info("%s: int8 CPU kernels: %s", path.name, rewrites or "nothing to rewrite")
+    return lowered.SerializeToString(), rewrites
+
+
 def _session_problem(spec: TensorSpec, actual: Any, is_input: bool) -> str | None:
     """Why a session tensor (NodeArg) disagrees with its manifest spec, or None."""
     expected_type = DTYPES[spec.dtype][0]
@@ -575,6 +604,8 @@ class WorldModel:
                 f"not the preferred {requested_providers[0]}"
             )
             log.warning("world model '%s' degraded: %s", manifest.name, self.degraded)
+        # part -> what wmpc.int8_cpu rewrote in it (empty: ONNX Runtime runs the files as is)
+        self.int8_rewrites: dict[str, dict[str, int]] = {}
         self._head_names = [o.name for o in self.rollout_session.get_outputs()]
         self._heads = manifest.heads  # looked up on every rollout: build the dict once
 
@@ -589,11 +620,13 @@ class WorldModel:
         trt_cache_dir: str | Path = "",
         trt_profile_kh: tuple[int, int] | None = None,
         qdq_cleanup: bool = True,
+        cpu_int8_kernels: bool = True,
     ) -> WorldModel:
         """Check the manifest and files, open both ONNX files, check them against it.
 
         `precision` None = the manifest's. `trt_profile_kh` = (K, H) the planner uses, for
-        TensorRT's shape profile. `qdq_cleanup`: see `session_options`.
+        TensorRT's shape profile. `qdq_cleanup`: see `session_options`. `cpu_int8_kernels`:
+        on the CPU provider, open int8 files through `wmpc.int8_cpu.lower_for_cpu`.
         """
         manifest = read_manifest(model_dir)
         precision = precision or manifest.precision
@@ -610,7 +643,7 @@ class WorldModel:
             trt_cache_dir = Path(trt_cache_dir or Path.home() / ".cache" / "wmpc" / "trt")
             trt_cache_dir.mkdir(parents=True, exist_ok=True)
         options = session_options(intra_op_threads, qdq_cleanup and chosen[0] == CPU)
-        sessions = {}
+        sessions, rewrites = {}, {}
         for part in PARTS:
             profile = None
             if trt_profile_kh is not None:
@@ -620,8 +653,11 @@ class WorldModel:
                 for p in chosen
             ]
             path = manifest.files[part][precision].path
+            source: str | bytes = str(path)
+            if cpu_int8_kernels and precision == "int8" and chosen[0] == CPU:
+                source, rewrites[part] = cpu_int8_source(path, part)
             try:
-                session = ort.InferenceSession(str(path), options, providers=with_options)
+                session = ort.InferenceSession(source, options, providers=with_options)
             except ORT_ERRORS as exc:
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise ModelLoadError(
@@ -632,6 +668,7 @@ class WorldModel:
             _check_session(manifest, part, session, path)
             sessions[part] = session
         model = cls(manifest, precision, sessions, providers)
+        model.int8_rewrites = rewrites
         log.info(
             "loaded world model '%s' (%s) from %s on %s",
             manifest.name,
@@ -660,6 +697,7 @@ class WorldModel:
             trt_cache_dir=config.trt_engine_cache_dir,
             trt_profile_kh=trt_profile_kh,
             qdq_cleanup=config.qdq_cleanup,
+            cpu_int8_kernels=config.cpu_int8_kernels,
         )
 
     # -- typed views of the manifest ---------------------------------------------------------

@@ -50,20 +50,24 @@ QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def session(path: Path | str | bytes, threads: int = 2):
-    """A CPU ONNX Runtime session with the runtime's own options and a fixed thread count.
+    """A CPU ONNX Runtime session that runs a graph as the runtime's CPU sessions do.
 
-    The runtime lets ONNX Runtime drop the int8 graph's unused Q/DQ pairs (see
-    `wmpc.model.session_options`), which changes the int8 outputs: the accuracy written into
-    the manifest must be that of the graph the runtime executes (measured without it, the
-    int8 contact_prob error read 0.134 where the runtime's was 0.079).
+    The same session options (`wmpc.model.session_options`) and the same int8 kernel rewrite
+    (`wmpc.int8_cpu`): both change the int8 outputs, and the accuracy written into the
+    manifest must be that of the graph the runtime executes. Float graphs are unchanged by
+    the rewrite.
     """
     import onnxruntime as ort
 
+    from wmpc.int8_cpu import lower_for_cpu
     from wmpc.model import session_options
 
     options = session_options(threads, qdq_cleanup=True)
-    model = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(path)) if isinstance(path, (Path, str)) else onnx.load_from_string(path)
+    lowered, _ = lower_for_cpu(model)
+    return ort.InferenceSession(
+        lowered.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _calibration_rows(episodes: list[Episode], limit: int) -> list[tuple[int, np.ndarray]]:
