@@ -145,6 +145,25 @@ def test_calibrating_on_training_episodes_only_is_refused(
     assert "was used for training" in capsys.readouterr().err
 
 
+def test_reexport_writes_the_fp32_files_from_the_checkpoint(
+    synthetic_bags, cli_model, tmp_path, capsys
+):
+    model = Path(shutil.copytree(cli_model, tmp_path / "model"))
+    document = json.loads((model / "manifest.json").read_text())
+    document["training"]["onnx_vs_torch_max_abs_diff"] = {"z": 99.0}  # a stale record
+    (model / "manifest.json").write_text(json.dumps(document))
+    assert main(["quantize", str(model), "--calib", str(synthetic_bags), "--reexport"]) == 0
+    assert "exported encoder.onnx and rollout.onnx again" in capsys.readouterr().out
+    written = read_manifest(model).raw  # every sha256 checked, the new fp32 files' included
+    diffs = written["training"]["onnx_vs_torch_max_abs_diff"]
+    assert set(diffs) == {"z", *HEADS} and max(diffs.values()) < 1e-3
+    assert set(written["accuracy"]) == {"fp32", "int8"}
+    # Not this model's checkpoint: refused, nothing exported.
+    (model / "checkpoint.pt").write_bytes(b"other weights")
+    assert main(["quantize", str(model), "--calib", str(synthetic_bags), "--reexport"]) == 2
+    assert "not the checkpoint these ONNX files were exported from" in capsys.readouterr().err
+
+
 def test_a_re_recorded_training_episode_is_not_calibration_data(
     synthetic_bags, cli_model, tmp_path
 ):

@@ -113,27 +113,16 @@ def _model_dir(model: str) -> Path:
 
 def _checkpoint(model_dir: Path, manifest: dict) -> Path:
     """checkpoint.pt beside the ONNX files, proven by the manifest's sha256 to be their run's."""
-    from wmpc.model import sha256_file
+    from wmpc.training.manifest import checkpoint_problem
 
-    path = model_dir / "checkpoint.pt"
-    if not path.is_file():
+    problem = checkpoint_problem(model_dir, manifest)
+    if problem is not None:
         raise BenchError(
-            f"{path} not found: the PyTorch reference planner needs the torch weights "
-            "`wmpc train` saves beside the ONNX files; this model has none, so there is "
-            "nothing honest to compare with (re-train it with `wmpc train`)"
+            f"{problem}; the PyTorch reference planner needs the very weights of these ONNX "
+            "files, so without them there is nothing honest to compare with (re-train the "
+            "model with `wmpc train`)"
         )
-    listed = manifest.get("training", {}).get("artifacts", {}).get("checkpoint.pt")
-    if listed is None:
-        raise BenchError(
-            f"{model_dir / 'manifest.json'} does not list checkpoint.pt under "
-            "training.artifacts, so its weights cannot be shown to be the ONNX files' weights"
-        )
-    if sha256_file(path) != listed:
-        raise BenchError(
-            f"{path} does not match the sha256 in training.artifacts of its manifest: it is "
-            "not the checkpoint these ONNX files were exported from"
-        )
-    return path
+    return model_dir / "checkpoint.pt"
 
 
 class SyntheticSensors:

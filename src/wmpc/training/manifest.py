@@ -120,3 +120,28 @@ def check_with_runtime(model_dir: Path) -> None:
     from wmpc.model import read_manifest
 
     read_manifest(model_dir)
+
+
+def checkpoint_problem(model_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """Why checkpoint.pt beside the ONNX files is not shown to be their run's, or None.
+
+    The manifest lists its sha256 under training.artifacts: a model is the checkpoint and
+    the files exported from it, and only that sha256 ties the two together.
+    """
+    from wmpc.model import sha256_file
+
+    path = Path(model_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return f"{path} not found (`wmpc train` saves it beside the ONNX files)"
+    listed = manifest.get("training", {}).get("artifacts", {}).get("checkpoint.pt")
+    if listed is None:
+        return (
+            f"{Path(model_dir) / MANIFEST_FILE} does not list checkpoint.pt under "
+            "training.artifacts, so its weights cannot be shown to be the ONNX files' weights"
+        )
+    if sha256_file(path) != listed:
+        return (
+            f"{path} does not match the sha256 in training.artifacts of its manifest: it is "
+            "not the checkpoint these ONNX files were exported from"
+        )
+    return None
