@@ -1,12 +1,15 @@
 """Run the main job: the shipped world model driving the simulated arm, closed loop.
 
 The MuJoCo sim node and the runtime node run over real DDS, on sim time, as on a robot;
-`wmpc record` records every topic meanwhile. Then the scripted expert runs the same seeds
+`wmpc record` records every topic meanwhile (the sim starts once it has subscribed, so the
+bag holds the run from its first message). Then the scripted expert runs the same seeds
 for comparison, `wmpc evaluate` replays the recording through the model offline, and the
 results table is printed. Everything lands in runs/demo-<time>/:
-  bag/              the recorded topics (MCAP, zstd per message)
-  sim.json          closed-loop results per controller (same keys as `wmpc sim --json`)
-  report/           index.html, PNG plots (force, end-effector path, latency), report.json
+  sim-<time>-<task>/  `wmpc sim`'s report: bag/ (every topic, camera included; MCAP, zstd
+                      per message), results.json, closed_loop.png
+  sim.json            closed-loop results per controller (same keys as `wmpc sim --json`)
+  report/             `wmpc evaluate`'s index.html, PNG plots (force, end-effector path,
+                      latency), report.json
 
 examples:
   wmpc demo                          # reach, 2 episodes
@@ -53,11 +56,12 @@ def run(args) -> int:
     import os
     import sys
     import time
+    from pathlib import Path
 
     from wmpc.cli import main as wmpc_main
     from wmpc.errors import WmpcError
-    from wmpc.nodes.closed_loop import RecorderProcess
     from wmpc.paths import share_path
+    from wmpc.sim_report import BAG_DIR
 
     model = args.model or str(share_path("models", "default"))
     if not os.path.isfile(os.path.join(model, "manifest.json")):
@@ -67,25 +71,24 @@ def run(args) -> int:
         )
     out = (args.runs_dir / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True)
-    bag = out / "bag"
     print(f"demo: {args.episodes} {args.task} episode(s) from seed {args.seed} -> {out}")
     sim_json = out / "sim.json"
-    # Camera included: `wmpc evaluate` replays the run through the model.
-    with RecorderProcess.of_run(bag, camera=True):
-        argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
-        argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
-        argv += ["--real-time-factor", str(args.real_time_factor), "--no-report"]
-        if args.model:
-            argv += ["--model", args.model]
-        with open(sim_json, "w") as stream:
-            saved, sys.stdout = sys.stdout, stream
-            try:
-                code = wmpc_main(argv)
-            finally:
-                sys.stdout = saved
-        if code != 0:
-            raise WmpcError(f"the closed-loop run failed (exit code {code}); see above")
+    argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]
+    argv += ["--seed", str(args.seed), "--compare", "wmpc", "expert", "--json"]
+    argv += ["--real-time-factor", str(args.real_time_factor), "--runs-dir", str(out)]
+    argv += ["--record-camera"]  # `wmpc evaluate` replays the run through the model
+    if args.model:
+        argv += ["--model", args.model]
+    with open(sim_json, "w") as stream:
+        saved, sys.stdout = sys.stdout, stream
+        try:
+            code = wmpc_main(argv)
+        finally:
+            sys.stdout = saved
+    if code != 0:
+        raise WmpcError(f"the closed-loop run failed (exit code {code}); see above")
     report = json.loads(sim_json.read_text())
+    bag = Path(report["report"]) / BAG_DIR
     print("demo: evaluating the recording offline ...", file=sys.stderr)
     evaluate = ["evaluate", str(bag), "--model", model, "--report", str(out / "report")]
     code = wmpc_main([*evaluate, "--quiet", "--task", args.task])
