@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import rclpy
@@ -281,3 +282,28 @@ def command_node_main(
     except WmpcError as exc:
         print(f"{node_name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def stoppable_context(
+    ros_argv: list[str] | None,
+) -> Iterator[tuple[rclpy.Context, threading.Event]]:
+    """(context, stop) for a command node (record, replay) that must end its own way.
+
+    Ctrl-C and SIGTERM only set `stop`: rclpy's handlers would shut the context down under
+    the node, and the node's thread is to close its bag or player itself. On the way out
+    the context is shut down and the previous handlers are back. Destroy the node first.
+    """
+    context = rclpy.Context()
+    rclpy.init(args=ros_argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {
+        s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield context, stop
+    finally:
+        if context.ok():
+            context.shutdown()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -9,7 +9,6 @@ taken from the middleware and written, then the bag is closed with its metadata.
 from __future__ import annotations
 
 import re
-import signal
 import sys
 import threading
 import time
@@ -18,16 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 
 from wmpc.bag.reader import BagError
 from wmpc.bag.writer import BagWriter, subscription_qos
 from wmpc.config import ConfigError, RecordConfig
-from wmpc.nodes.common import command_node_main, declare_config
+from wmpc.nodes.common import command_node_main, declare_config, stoppable_context
 from wmpc.nodes.replay import message_class, parameter_overrides, qos_from_ros, qos_to_ros
 
 NODE_NAME = "record_node"
@@ -146,41 +143,31 @@ def run(args: Any, ros_argv: list[str] | None = None) -> int:
     """Record with the options in `args` (see commands/record.py) until Ctrl-C or SIGTERM."""
     from wmpc.commands.record import overrides_from_args
 
-    context = rclpy.Context()
-    # Our own handlers: a signal only sets a flag, so the bag is closed by this thread.
-    rclpy.init(args=ros_argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {
-        s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    node = None
-    try:
-        node = RecordNode(args.output, overrides_from_args(args), context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        print(f"record: writing {args.output} (Ctrl-C to stop)", flush=True)
-        while not stop.is_set() and context.ok():
-            executor.spin_once(timeout_sec=0.1)
-        # Take what the middleware has already delivered before closing the bag.
-        deadline = time.monotonic() + DRAIN_S
-        while time.monotonic() < deadline and context.ok():
-            executor.spin_once(timeout_sec=0.02)
-        node.close()
-        w = node.writer
-        print(
-            f"record: wrote {w.message_count} messages on {len(w.topics)} topics in "
-            f"{len(w.files)} file(s) to {w.path}",
-            flush=True,
-        )
-        return 0
-    finally:
-        if node is not None:
+    with stoppable_context(ros_argv) as (context, stop):
+        node = None
+        try:
+            node = RecordNode(args.output, overrides_from_args(args), context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            print(f"record: writing {args.output} (Ctrl-C to stop)", flush=True)
+            while not stop.is_set() and context.ok():
+                executor.spin_once(timeout_sec=0.1)
+            # Take what the middleware has already delivered before closing the bag.
+            deadline = time.monotonic() + DRAIN_S
+            while time.monotonic() < deadline and context.ok():
+                executor.spin_once(timeout_sec=0.02)
             node.close()
-            node.destroy_node()
-        if context.ok():
-            context.shutdown()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+            w = node.writer
+            print(
+                f"record: wrote {w.message_count} messages on {len(w.topics)} topics in "
+                f"{len(w.files)} file(s) to {w.path}",
+                flush=True,
+            )
+            return 0
+        finally:
+            if node is not None:
+                node.close()
+                node.destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ Control while playing:
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 import threading
 import time
@@ -59,7 +58,7 @@ from wmpc.bag.player import (
 from wmpc.bag.reader import TopicInfo, open_bag
 from wmpc.config import ConfigError, ReplayConfig
 from wmpc.errors import WmpcError
-from wmpc.nodes.common import command_node_main, declare_config
+from wmpc.nodes.common import command_node_main, declare_config, stoppable_context
 
 NODE_NAME = "replay_node"
 _MAX_NS = 2**63 - 1
@@ -356,43 +355,33 @@ def run(args: Any, ros_argv: list[str] | None = None) -> int:
     """Play `args.bag` with the options in `args` (see commands/replay.py); exit code."""
     from wmpc.commands.replay import overrides_from_args
 
-    context = rclpy.Context()
-    # Our own handlers: Ctrl-C and SIGTERM end playback cleanly instead of killing the context.
-    rclpy.init(args=ros_argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {
-        s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    node = keyboard = None
-    try:
-        node = ReplayNode(args.bag, overrides_from_args(args), context=context)
-        executor = MultiThreadedExecutor(num_threads=2, context=context)
-        executor.add_node(node)
-        if not node.wait_for_subscribers(stop):
-            print("replay: stopped while waiting for subscribers", flush=True)
+    with stoppable_context(ros_argv) as (context, stop):
+        node = keyboard = None
+        try:
+            node = ReplayNode(args.bag, overrides_from_args(args), context=context)
+            executor = MultiThreadedExecutor(num_threads=2, context=context)
+            executor.add_node(node)
+            if not node.wait_for_subscribers(stop):
+                print("replay: stopped while waiting for subscribers", flush=True)
+                return 0
+            if node.config.keyboard_controls and KeyboardControls.available():
+                keyboard = KeyboardControls(node.player)
+                keyboard.start()
+            node.start()
+            while not stop.is_set() and not node.finished and context.ok():
+                executor.spin_once(timeout_sec=0.05)
+            ending = " (stopped)" if stop.is_set() else ""
+            ending = " before the error below" if node.error is not None else ending
+            print(f"replay: played {node.player.stats.messages} messages{ending}", flush=True)
+            if node.error is not None:
+                raise node.error
             return 0
-        if node.config.keyboard_controls and KeyboardControls.available():
-            keyboard = KeyboardControls(node.player)
-            keyboard.start()
-        node.start()
-        while not stop.is_set() and not node.finished and context.ok():
-            executor.spin_once(timeout_sec=0.05)
-        ending = " (stopped)" if stop.is_set() else ""
-        ending = " before the error below" if node.error is not None else ending
-        print(f"replay: played {node.player.stats.messages} messages{ending}", flush=True)
-        if node.error is not None:
-            raise node.error
-        return 0
-    finally:
-        if keyboard is not None:
-            keyboard.stop()
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        if context.ok():
-            context.shutdown()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        finally:
+            if keyboard is not None:
+                keyboard.stop()
+            if node is not None:
+                node.close()
+                node.destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:
