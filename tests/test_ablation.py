@@ -173,14 +173,21 @@ def test_held_out_episodes_come_from_the_manifest(world):
     document = ablation.load_model(world["plain"], None).manifest.raw
     episodes, info = ablation.select_episodes(document, world["bags"])
     assert [e.name for e in episodes] == HELD_OUT == info["episodes"]
-    assert info["missing"] == [] and info["changed"] == []
+    assert info["missing"] == [] and info["re_recorded"] == [] and info["trained"] == []
     unseen, _ = ablation.select_episodes(document, world["bags"], split="unseen")
     assert [e.name for e in unseen] == HELD_OUT
-    # A held-out name whose bag is not the one recorded at training is left out and named.
+    # A held-out name whose bag was recorded again is still unseen: used, and named.
     changed = json.loads(json.dumps(document))
     changed["training"]["episode_fingerprints"]["episode_0001"] = "0" * 64
     episodes, info = ablation.select_episodes(changed, world["bags"])
-    assert [e.name for e in episodes] == ["episode_0002"] and info["changed"] == ["episode_0001"]
+    assert [e.name for e in episodes] == HELD_OUT and info["re_recorded"] == ["episode_0001"]
+    # A held-out name that now holds a training episode is left out, and named.
+    swapped = json.loads(json.dumps(document))
+    swapped["training"]["train_fingerprints"].append(
+        swapped["training"]["episode_fingerprints"]["episode_0001"]
+    )
+    episodes, info = ablation.select_episodes(swapped, world["bags"])
+    assert [e.name for e in episodes] == ["episode_0002"] and info["trained"] == ["episode_0001"]
     # Only training bags: nothing to ablate on.
     only_train = json.loads(json.dumps(document))
     only_train["training"]["train_fingerprints"] = list(

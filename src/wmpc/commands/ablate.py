@@ -10,8 +10,9 @@ interval from resampling episodes), the fusion targets beside the measured ratio
 contact-onset detection from contact_prob with and without audio.
 
 Held-out episodes: the bags in DATA_DIR that `wmpc train` held out (manifest
-training.held_out_episodes, same fingerprint), or with --split unseen every bag the model was
-not trained on.
+training.held_out_episodes, unless the bag of that name is now a training episode; a bag
+recorded again is used and named), or with --split unseen every bag the model was not
+trained on.
 
 examples:
   wmpc ablate models/default --data data/ship
@@ -77,9 +78,13 @@ def run(args) -> int:
     episodes, selection = ablation.select_episodes(
         document, Path(args.data), args.split, progress, arrays
     )
-    for key in ("missing", "changed"):
+    for key, what in (
+        ("missing", "missing (left out)"),
+        ("trained", "now holding training episodes (left out)"),
+        ("re_recorded", "recorded again (used: never trained on)"),
+    ):
         if selection.get(key):
-            progress(f"{len(selection[key])} held-out bags {key}: {', '.join(selection[key])}")
+            progress(f"{len(selection[key])} held-out bags {what}: {', '.join(selection[key])}")
     report = ablation.ablate(model, episodes, progress=progress)
     report["selection"] = selection
     report["manifest_check"] = ablation.compare_with_manifest(report, document)

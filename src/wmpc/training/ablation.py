@@ -143,24 +143,27 @@ def select_episodes(
             )
         by_name = {bag.name: bag for bag in bags}
         missing = sorted(n for n in names if n not in by_name)
-        chosen, changed = [], []
+        chosen, re_recorded, trained_bags = [], [], []
         for name in names:
             bag = by_name.get(name)
             if bag is None:
                 continue
             fingerprint = bag_fingerprint(bag)
-            # A re-recorded bag of the same name is not the episode that was held out.
-            if (name in recorded and recorded[name] != fingerprint) or fingerprint in trained:
-                changed.append(name)
+            if fingerprint in trained:  # the name now holds a training episode
+                trained_bags.append(name)
                 continue
+            # Recorded again (a newer simulator build, the same collect command): other bytes,
+            # still an episode the model never trained on; named in the report.
+            if name in recorded and recorded[name] != fingerprint:
+                re_recorded.append(name)
             chosen.append(bag)
-        info.update(missing=missing, changed=changed)
+        info.update(missing=missing, re_recorded=re_recorded, trained=trained_bags)
     else:
         chosen = [bag for bag in bags if bag_fingerprint(bag) not in trained]
     if not chosen:
         raise AblationError(
             f"no {split} episode of the model in {data_dir} ({len(bags)} bags, all used for "
-            "training, missing or re-recorded); pass the folder the model was trained from, or "
+            "training or missing); pass the folder the model was trained from, or "
             "one with other bags and --split unseen"
         )
     own = arrays_dir(data_dir, bags)
