@@ -145,6 +145,28 @@ def test_calibrating_on_training_episodes_only_is_refused(
     assert "was used for training" in capsys.readouterr().err
 
 
+def test_the_runtime_runs_int8_files_on_the_cpu_kernels_unless_told_not_to(
+    synthetic_bags, cli_model, tmp_path
+):
+    from wmpc.model import WorldModel
+
+    model_dir = Path(shutil.copytree(cli_model, tmp_path / "model"))
+    assert main(["quantize", str(model_dir), "--calib", str(synthetic_bags)]) == 0
+    cpu = ["CPUExecutionProvider"]
+    fast = WorldModel.load(model_dir, "int8", providers=cpu)
+    plain = WorldModel.load(model_dir, "int8", providers=cpu, cpu_int8_kernels=False)
+    fp32 = WorldModel.load(model_dir, "fp32", providers=cpu)
+    assert fast.int8_rewrites["rollout"]["qgemm"] >= 3 and fast.int8_rewrites["encoder"]
+    assert plain.int8_rewrites == {} and fp32.int8_rewrites == {}
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((8, fast.latent_dim)).astype(np.float32)
+    low, high = fast.action_space.low, fast.action_space.high
+    actions = rng.uniform(low, high, size=(8, 3, low.size))
+    ee = {m: m.rollout(z, actions)["ee_position_m"] for m in (fast, plain, fp32)}
+    # Both int8 ways stay near fp32: the ee is carried in float through the rollout.
+    assert np.abs(ee[fast] - ee[fp32]).max() < 0.01 and np.abs(ee[plain] - ee[fp32]).max() < 0.01
+
+
 def test_reexport_writes_the_fp32_files_from_the_checkpoint(
     synthetic_bags, cli_model, tmp_path, capsys
 ):
