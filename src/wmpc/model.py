@@ -588,7 +588,9 @@ class WorldModel:
         precision: str,
         sessions: Mapping[str, ort.InferenceSession],
         requested_providers: Sequence[str],
+        int8_rewrites: Mapping[str, dict[str, int]] | None = None,
     ) -> None:
+        """`int8_rewrites`: part -> what `wmpc.int8_cpu` rewrote in it (none: as the files are)."""
         self.manifest = manifest
         self.precision = precision
         self.encoder_session = sessions["encoder"]
@@ -604,8 +606,7 @@ class WorldModel:
                 f"not the preferred {requested_providers[0]}"
             )
             log.warning("world model '%s' degraded: %s", manifest.name, self.degraded)
-        # part -> what wmpc.int8_cpu rewrote in it (empty: ONNX Runtime runs the files as is)
-        self.int8_rewrites: dict[str, dict[str, int]] = {}
+        self.int8_rewrites = dict(int8_rewrites or {})
         self._head_names = [o.name for o in self.rollout_session.get_outputs()]
         self._heads = manifest.heads  # looked up on every rollout: build the dict once
 
@@ -667,8 +668,7 @@ class WorldModel:
                 ) from None
             _check_session(manifest, part, session, path)
             sessions[part] = session
-        model = cls(manifest, precision, sessions, providers)
-        model.int8_rewrites = rewrites
+        model = cls(manifest, precision, sessions, providers, rewrites)
         log.info(
             "loaded world model '%s' (%s) from %s on %s",
             manifest.name,
