@@ -158,6 +158,7 @@ def test_the_runtime_runs_int8_files_on_the_cpu_kernels_unless_told_not_to(
     fp32 = WorldModel.load(model_dir, "fp32", providers=cpu)
     assert fast.int8_rewrites["rollout"]["qgemm"] >= 3 and fast.int8_rewrites["encoder"]
     assert plain.int8_rewrites == {} and fp32.int8_rewrites == {}
+    assert fast.int8_cpu_kernels and not plain.int8_cpu_kernels and not fp32.int8_cpu_kernels
     rng = np.random.default_rng(0)
     z = rng.standard_normal((8, fast.latent_dim)).astype(np.float32)
     low, high = fast.action_space.low, fast.action_space.high

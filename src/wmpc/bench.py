@@ -299,7 +299,7 @@ def planner_section(args) -> dict:
         "model_precision": model.precision,
         "planner_provider": model.provider,
         "planner_threads": PLANNER_THREADS,
-        "planner_int8_cpu_kernels": bool(model.int8_rewrites.get("rollout", {}).get("qgemm")),
+        "planner_int8_cpu_kernels": model.int8_cpu_kernels,
         "plan_ms_p50": plan_p50,
         "plan_ms_p99": plan_p99,
         "tdmpc2_budget_plan_ms_p50": budget_p50,

@@ -700,6 +700,11 @@ class WorldModel:
             cpu_int8_kernels=config.cpu_int8_kernels,
         )
 
+    @property
+    def int8_cpu_kernels(self) -> bool:
+        """Whether any product runs on the integer kernels of `wmpc.int8_cpu`."""
+        return any(r.get("qgemm") for r in self.int8_rewrites.values())
+
     # -- typed views of the manifest ---------------------------------------------------------
 
     @property

@@ -195,8 +195,9 @@ class RuntimeNode(LifecycleNode):
         except WmpcError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        kernels = " with the int8 CPU kernels" if model.int8_cpu_kernels else ""
         provider_line = (
-            f"world model '{model.manifest.name}' ({model.precision}) on {model.provider}"
+            f"world model '{model.manifest.name}' ({model.precision}) on {model.provider}{kernels}"
         )
         if model.degraded:
             self.get_logger().warning(f"{provider_line}: degraded, {model.degraded}")
@@ -472,6 +473,7 @@ class RuntimeNode(LifecycleNode):
             values = {
                 "provider": loop.model.provider,
                 "precision": loop.model.precision,
+                "int8_cpu_kernels": str(loop.model.int8_cpu_kernels),
                 "active": str(self._active),
                 "ticks": str(self._ticks),
                 "tick_overruns": str(self._overruns),
