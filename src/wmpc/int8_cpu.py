@@ -86,7 +86,7 @@ def _unsigned_activations(graph: onnx.GraphProto, counts: Counter) -> None:
         if node.op_type == "QuantizeLinear":
             retyped.add(node.output[0])
         counts["unsigned_" + node.op_type] += 1
-    for value in graph.value_info:
+    for value in [*graph.value_info, *graph.output]:
         if value.name in retyped:
             value.type.tensor_type.elem_type = TensorProto.UINT8
 
@@ -95,7 +95,7 @@ def _gemms_to_qgemm(graph: onnx.GraphProto, counts: Counter) -> None:
     """Step 2: DQ(activation), DQ(int8 weight)[, DQ(int32 bias)] -> Gemm  =>  QGemm."""
     inits = _initializers(graph)
     producer = {out: node for node in graph.node for out in node.output}
-    readers = Counter(name for node in graph.node for name in node.input)
+    readers = Counter(name for node in graph.node for name in _reads(node))
     replaced: dict[int, onnx.NodeProto] = {}
     for index, node in enumerate(graph.node):
         if node.op_type != "Gemm":
@@ -163,3 +163,13 @@ def _gemms_to_qgemm(graph: onnx.GraphProto, counts: Counter) -> None:
 
 def _is_dq(node: onnx.NodeProto | None) -> bool:
     return node is not None and node.op_type == "DequantizeLinear" and len(node.input) >= 2
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """Every value `node` reads: its inputs, and what its subgraphs read from outside."""
+    names = [name for name in node.input if name]
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            for inner in attribute.g.node:
+                names.extend(_reads(inner))
+    return names
