@@ -353,7 +353,8 @@ def replay_section(args) -> dict:
     if not bag:
         import tempfile
 
-        # A 10 s press episode by the scripted expert, recorded as `wmpc collect` does.
+        # One press episode by the scripted expert (about 3 s to success, then 3 s holding:
+        # a 6 s bag), recorded as `wmpc collect` does.
         out = Path(tempfile.mkdtemp(prefix="wmpc_bench_")) / "episodes"
         argv = ["collect", str(out), "--episodes", "1", "--seed", "7"]
         argv += ["--tasks", "press", "--controllers", "expert", "--linger-s", "3"]
