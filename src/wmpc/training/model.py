@@ -39,6 +39,8 @@ REGRESSION_HEADS = ("ee_position_m", "contact_force_n", "marker_rel_m", "block_p
 # head predicts the marker in the base frame (then subtracts the ee), so its statistics are
 # those of the marker position; the ee head is the latent's ee part and needs none.
 LABEL_STATS = ("contact_force_n", "marker_rel_m", "block_position_m")
+# The learned head layers, in the order StepGraph stacks them (ee_position_m is read off z).
+HEAD_LAYERS = ("contact_force_n", "contact_prob", "marker_rel_m", "block_position_m")
 MODALITY_WIDTH = 128
 EE_DIMS = 3
 
@@ -145,10 +147,7 @@ class WorldModelNet(nn.Module):
         # One shared trunk: the planner evaluates every head at every step of every sample.
         self.head_trunk = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU())
         self.heads = nn.ModuleDict(
-            {
-                name: nn.Linear(hidden_dim, HEADS[name][0])
-                for name in ("contact_force_n", "contact_prob", "marker_rel_m", "block_position_m")
-            }
+            {name: nn.Linear(hidden_dim, HEADS[name][0]) for name in HEAD_LAYERS}
         )
         low = torch.tensor(action_low, dtype=torch.float32)
         high = torch.tensor(action_high, dtype=torch.float32)
@@ -265,18 +264,16 @@ class StepGraph(nn.Module):
     to float rounding (export.compare_with_torch); the fp32 rollout ran 17 % faster.
     """
 
-    LAYERS = ("contact_force_n", "contact_prob", "marker_rel_m", "block_position_m")
-
     def __init__(self, net: WorldModelNet):
         super().__init__()
         self.net = net
-        if set(self.LAYERS) != set(net.heads):
+        if set(HEAD_LAYERS) != set(net.heads):
             raise ValueError(
-                f"StepGraph fuses the heads {self.LAYERS}; the network has {list(net.heads)}"
+                f"StepGraph fuses the heads {HEAD_LAYERS}; the network has {list(net.heads)}"
             )
         weights, biases = [], []
         with torch.no_grad():
-            for name in self.LAYERS:
+            for name in HEAD_LAYERS:
                 weight, bias = net.heads[name].weight.clone(), net.heads[name].bias.clone()
                 if name in LABEL_STATS:
                     std, mean = getattr(net, f"{name}_std"), getattr(net, f"{name}_mean")
