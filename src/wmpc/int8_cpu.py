@@ -107,8 +107,10 @@ def _gemms_to_qgemm(graph: onnx.GraphProto, counts: Counter) -> None:
         c_dq = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if not (_is_dq(a_dq) and _is_dq(b_dq)) or (len(node.input) > 2 and not _is_dq(c_dq)):
             continue
+        if len(a_dq.input) < 3 or len(b_dq.input) < 3:
+            continue  # a zero point left to its default: not the form step 1 or QGemm takes
         a_q = producer.get(a_dq.input[0])
-        a_zero = inits.get(a_dq.input[2]) if len(a_dq.input) > 2 else None
+        a_zero = inits.get(a_dq.input[2])
         b_w, b_zero = inits.get(b_dq.input[0]), inits.get(b_dq.input[2])
         if a_q is None or a_q.op_type != "QuantizeLinear" or a_zero is None:
             continue
