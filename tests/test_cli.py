@@ -40,6 +40,8 @@ def test_each_command_has_help(name):
         ("launch", "moon"),
         ("launch", "sim", "nonsense"),
         ("launch", "replay"),
+        # ROS's own override syntax, which rcl would have rejected with a traceback.
+        ("sim", "--runtime-param", "planner.samples:=64"),
     ],
 )
 def test_misuse_exits_2_without_traceback(args):

@@ -36,6 +36,15 @@ class PlanningError(WmpcError, ValueError):
     """A goal the planner cannot score with this model (unknown task or missing head)."""
 
 
+def _same_goal(a: Goal, b: Goal) -> bool:
+    """True when two goals ask for the same thing (a repeated goal message is not new)."""
+    return (
+        a.task == b.task
+        and np.array_equal(a.pose.position_m, b.pose.position_m)
+        and np.array_equal(a.wrench.force_n, b.wrench.force_n)
+    )
+
+
 def _norm(x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
     """Euclidean norm over the last axis (of a few components) of x, or of x - centre.
 
@@ -64,6 +73,7 @@ class TaskCost:
     workspace_min_m: np.ndarray | None = None  # (3,)
     workspace_max_m: np.ndarray | None = None  # (3,)
     ee_now_m: np.ndarray | None = None  # (3,) measured ee position, where step 0 starts
+    marker_m: np.ndarray | None = None  # (2,) remembered marker x, y (press; Planner.plan)
 
     @property
     def desired_normal_force_n(self) -> float:
@@ -84,8 +94,11 @@ class TaskCost:
             force_n[..., 0] - self.desired_normal_force_n
         )
 
-    def marker_alignment(self, marker_rel_m: np.ndarray) -> np.ndarray:
-        """(K, H) horizontal distance from the pad to the marker (press)."""
+    def marker_alignment(self, marker_rel_m: np.ndarray, ee_m: np.ndarray) -> np.ndarray:
+        """(K, H) horizontal distance from the pad to the marker (press): to the remembered
+        marker once there is one, else to the marker head's prediction."""
+        if self.marker_m is not None:
+            return self.config.marker_weight_per_m * _norm(ee_m[..., :2], self.marker_m)
         return self.config.marker_weight_per_m * _norm(marker_rel_m[..., :2])
 
     def block_to_goal(self, block_m: np.ndarray, ee_m: np.ndarray) -> np.ndarray:
@@ -166,7 +179,7 @@ class TaskCost:
         else:
             per_tick += self.ee_position(ee)
         if self.goal.task == "press":
-            per_tick += self.marker_alignment(heads["marker_rel_m"].astype(np.float64))
+            per_tick += self.marker_alignment(heads["marker_rel_m"].astype(np.float64), ee)
             per_tick += self.target_height(ee, actions)
             if self.config.press_slide_weight_per_m > 0 and "contact_prob" in heads:
                 per_tick += self.sliding(heads["contact_prob"].astype(np.float64), actions)
@@ -206,6 +219,31 @@ class Planner:
         self._previous_mean: np.ndarray | None = None  # (H, A) normalised
         self._previous_action = self.rest_unit.copy()  # (A,) first action of the last plan
         self._ee_now_m: np.ndarray | None = None  # (3,) measured ee at this tick
+        self._forget_marker(None)
+
+    def _forget_marker(self, goal: Goal | None) -> None:
+        """Start a new marker memory, for `goal` (see remember_marker)."""
+        self._marker_goal = goal
+        self._marker_sum_m = np.zeros(2)  # x, y summed over the remembered ticks
+        self._marker_ticks = 0
+
+    def remembered_marker_m(self, goal: Goal) -> np.ndarray | None:
+        """(2,) the mean remembered marker x, y for this goal, or None (none yet, or off)."""
+        if self.config.marker_memory_distance_m <= 0 or goal.task != "press":
+            return None
+        if self._marker_goal is None or not _same_goal(self._marker_goal, goal):
+            self._forget_marker(goal)
+        return self._marker_sum_m / self._marker_ticks if self._marker_ticks else None
+
+    def remember_marker(self, predictions: dict[str, np.ndarray]) -> None:
+        """Add this tick's marker estimate (after the plan's first step) to the memory,
+        unless the pad is predicted within `marker_memory_distance_m` of the marker: it then
+        hides the marker from the camera, and the estimate goes astray (PlannerConfig)."""
+        marker_rel = predictions["marker_rel_m"][0, :2].astype(np.float64)
+        if np.hypot(*marker_rel) <= self.config.marker_memory_distance_m:
+            return
+        self._marker_sum_m += marker_rel + predictions["ee_position_m"][0, :2]
+        self._marker_ticks += 1
 
     def observe(self, ee_position_m: np.ndarray) -> None:
         """The measured ee position this tick, before plan(): where the first step starts.
@@ -223,7 +261,8 @@ class Planner:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
         if goal.task not in TASK_HEADS:
             raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
-        cost = TaskCost(self.config, goal, *self.workspace, self._ee_now_m)
+        marker_m = self.remembered_marker_m(goal)
+        cost = TaskCost(self.config, goal, *self.workspace, self._ee_now_m, marker_m)
         needed = list(TASK_HEADS[goal.task])
         if cost.desired_normal_force_n > 0 and "contact_force_n" not in needed:
             needed.append("contact_force_n")
@@ -274,6 +313,8 @@ class Planner:
         final_cost = score(heads, actions, mean[None], self._previous_action)  # (1,)
         self._require_finite(final_cost, *heads.values())
         self._previous_mean, self._previous_action = mean, mean[0].copy()
+        if goal.task == "press" and cfg.marker_memory_distance_m > 0:
+            self.remember_marker({name: value[0] for name, value in heads.items()})
         return Plan(
             actions=actions[0].astype(np.float64),
             ee_position_m=heads["ee_position_m"][0].astype(np.float64),

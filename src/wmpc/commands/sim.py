@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -154,10 +155,12 @@ def _runtime_param(text: str) -> tuple[str, object]:
     import yaml
 
     name, sep, value = text.partition("=")
-    if not sep or not name.strip():
+    name = name.strip()
+    # A ROS parameter name: rcl would otherwise reject e.g. "name:=1" with its own traceback.
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
         raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE (e.g. planner.max_std=1.0)")
     try:
-        return name.strip(), yaml.safe_load(value)
+        return name, yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise argparse.ArgumentTypeError(f"value of '{name}' is not YAML: {exc}") from None
 
