@@ -219,6 +219,13 @@ def test_torch_reference_plans_like_the_onnx_planner(model_dir, model, z, task):
         assert b.cost == pytest.approx(a.cost, rel=1e-4)
         for name in HEADS:
             np.testing.assert_allclose(b.predictions[name], a.predictions[name], atol=1e-3)
+    if task == "press":  # ticks 2 and 3 aimed at the remembered marker, in both planners
+        assert ours.marker_memory.estimate_m(_goal(task)) is not None
+        np.testing.assert_allclose(
+            reference.marker_memory.estimate_m(_goal(task)),
+            ours.marker_memory.estimate_m(_goal(task)),
+            atol=1e-4,
+        )
     # The comparison can fail: other noise gives another plan, far outside the tolerance.
     other = TorchReferencePlanner(net, config, *box, noise=_numpy_noise(config.seed + 1))
     for _ in range(3):

@@ -231,23 +231,29 @@ def test_press_sliding_costs_horizontal_steps_in_contact(model):
 
 
 def test_press_remembers_the_marker_seen_from_afar_and_forgets_it_with_the_goal(model):
+    from wmpc.planning import MarkerMemory
+
     target = goal([0.5, 0.0, tiny_model.TABLE_Z_M], task="press", force_n=5.0)
-    p = planner(model, marker_memory_distance_m=0.03)
-    assert p.remembered_marker_m(target) is None  # nothing seen yet
-    far = {"marker_rel_m": np.array([[0.10, 0.0, -0.1]]), "ee_position_m": np.zeros((1, 3))}
-    near = {"marker_rel_m": np.array([[0.01, 0.0, -0.1]]), "ee_position_m": np.ones((1, 3))}
-    p.remember_marker(far)
-    p.remember_marker(near)  # the pad hides the marker: this estimate is left out
-    np.testing.assert_allclose(p.remembered_marker_m(target), [0.10, 0.0])
-    np.testing.assert_allclose(p.cost_for(target).marker_m, [0.10, 0.0])
-    # The same goal again keeps the memory; another goal, or a new episode, starts afresh.
+    memory = MarkerMemory(0.03)
+    assert memory.estimate_m(target) is None  # nothing seen yet
+    memory.add(target, np.array([0.10, 0.0, -0.1]), np.zeros(3))
+    memory.add(target, np.array([0.01, 0.0, -0.1]), np.ones(3))  # the pad hides the marker
+    np.testing.assert_allclose(memory.estimate_m(target), [0.10, 0.0])
+    # The same goal again keeps the memory; another goal starts afresh, and other tasks or
+    # a memory turned off have none.
     same = goal([0.5, 0.0, tiny_model.TABLE_Z_M], task="press", force_n=5.0)
-    assert p.remembered_marker_m(same) is not None
-    assert p.remembered_marker_m(goal([0.4, 0.0, 0.05], task="press", force_n=5.0)) is None
-    p.remember_marker(far)
+    assert memory.estimate_m(same) is not None
+    assert memory.estimate_m(goal([0.4, 0.0, 0.05], task="press", force_n=5.0)) is None
+    assert memory.estimate_m(goal([0.5, 0.0, 0.0], task="reach")) is None
+    off = MarkerMemory(0.0)
+    off.add(target, np.array([0.10, 0.0, -0.1]), np.zeros(3))
+    assert off.estimate_m(target) is None
+    # The planner's memory feeds its press cost, and a new episode clears it.
+    p = planner(model, marker_memory_distance_m=0.03)
+    p.marker_memory.add(target, np.array([0.10, 0.0, -0.1]), np.zeros(3))
+    np.testing.assert_allclose(p.cost_for(target).marker_m, [0.10, 0.0])
     p.reset()
-    assert p.remembered_marker_m(target) is None
-    assert planner(model, marker_memory_distance_m=0.0).remembered_marker_m(target) is None
+    assert p.cost_for(target).marker_m is None
 
 
 def test_press_plans_fill_the_marker_memory_and_cost_the_distance_to_it(model):
@@ -256,7 +262,9 @@ def test_press_plans_fill_the_marker_memory_and_cost_the_distance_to_it(model):
     target = goal([0.5, 0.0, tiny_model.TABLE_Z_M], task="press", force_n=5.0)
     p = planner(model)
     closed_loop(model, p, target, ticks=3)  # from START_M, 10 cm from the marker
-    np.testing.assert_allclose(p.remembered_marker_m(target), tiny_model.MARKER_M[:2], atol=1e-6)
+    np.testing.assert_allclose(
+        p.marker_memory.estimate_m(target), tiny_model.MARKER_M[:2], atol=1e-6
+    )
     # With a remembered marker the cost is the pad's distance to it, not the head's.
     ee = np.array([[[0.5, 0.02, 0.1]]])
     rel = np.array([[[0.3, 0.3, 0.0]]])

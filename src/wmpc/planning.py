@@ -189,6 +189,51 @@ class TaskCost:
         return np.where(np.isfinite(cost), cost, np.inf)
 
 
+class MarkerMemory:
+    """Where the press marker was seen while the pad was away from it, for one goal.
+
+    The marker lies still on the table, but the pad hides it from the camera when over it,
+    and the marker head's estimate then goes astray (PlannerConfig.marker_memory_distance_m).
+    Each plan adds its estimate (the marker after the first planned step, in the base frame)
+    unless the pad is predicted within `distance_m` of the marker; the press cost then aims
+    at the mean of what was added. A new goal, or a new episode, starts afresh.
+    """
+
+    def __init__(self, distance_m: float):
+        """`distance_m` 0 turns the memory off: every tick uses its own estimate."""
+        self.distance_m = distance_m
+        self._forget(None)
+
+    def _forget(self, goal: Goal | None) -> None:
+        self._goal = goal
+        self._sum_m = np.zeros(2)  # marker x, y summed over the remembered ticks
+        self._ticks = 0
+
+    def _applies(self, goal: Goal) -> bool:
+        """True when the memory serves `goal` (press, memory on); forgets another goal's."""
+        if self.distance_m <= 0 or goal.task != "press":
+            return False
+        if self._goal is None or not _same_goal(self._goal, goal):
+            self._forget(goal)
+        return True
+
+    def estimate_m(self, goal: Goal) -> np.ndarray | None:
+        """(2,) the remembered marker x, y for `goal`, or None (nothing yet, or off)."""
+        if not self._applies(goal) or self._ticks == 0:
+            return None
+        return self._sum_m / self._ticks
+
+    def add(self, goal: Goal, marker_rel_m: np.ndarray, ee_m: np.ndarray) -> None:
+        """This tick's predicted marker relative to the predicted ee (3,), and that ee (3,)."""
+        if not self._applies(goal):
+            return
+        rel_xy = np.asarray(marker_rel_m[:2], dtype=np.float64)
+        if np.hypot(rel_xy[0], rel_xy[1]) <= self.distance_m:
+            return  # the pad hides the marker
+        self._sum_m += rel_xy + np.asarray(ee_m[:2], dtype=np.float64)
+        self._ticks += 1
+
+
 class Planner:
     """MPPI (or CEM) over `WorldModel.rollout`; keeps its mean to warm-start the next tick."""
 
@@ -219,31 +264,7 @@ class Planner:
         self._previous_mean: np.ndarray | None = None  # (H, A) normalised
         self._previous_action = self.rest_unit.copy()  # (A,) first action of the last plan
         self._ee_now_m: np.ndarray | None = None  # (3,) measured ee at this tick
-        self._forget_marker(None)
-
-    def _forget_marker(self, goal: Goal | None) -> None:
-        """Start a new marker memory, for `goal` (see remember_marker)."""
-        self._marker_goal = goal
-        self._marker_sum_m = np.zeros(2)  # x, y summed over the remembered ticks
-        self._marker_ticks = 0
-
-    def remembered_marker_m(self, goal: Goal) -> np.ndarray | None:
-        """(2,) the mean remembered marker x, y for this goal, or None (none yet, or off)."""
-        if self.config.marker_memory_distance_m <= 0 or goal.task != "press":
-            return None
-        if self._marker_goal is None or not _same_goal(self._marker_goal, goal):
-            self._forget_marker(goal)
-        return self._marker_sum_m / self._marker_ticks if self._marker_ticks else None
-
-    def remember_marker(self, predictions: dict[str, np.ndarray]) -> None:
-        """Add this tick's marker estimate (after the plan's first step) to the memory,
-        unless the pad is predicted within `marker_memory_distance_m` of the marker: it then
-        hides the marker from the camera, and the estimate goes astray (PlannerConfig)."""
-        marker_rel = predictions["marker_rel_m"][0, :2].astype(np.float64)
-        if np.hypot(*marker_rel) <= self.config.marker_memory_distance_m:
-            return
-        self._marker_sum_m += marker_rel + predictions["ee_position_m"][0, :2]
-        self._marker_ticks += 1
+        self.marker_memory = MarkerMemory(self.config.marker_memory_distance_m)
 
     def observe(self, ee_position_m: np.ndarray) -> None:
         """The measured ee position this tick, before plan(): where the first step starts.
@@ -261,7 +282,7 @@ class Planner:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
         if goal.task not in TASK_HEADS:
             raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
-        marker_m = self.remembered_marker_m(goal)
+        marker_m = self.marker_memory.estimate_m(goal)
         cost = TaskCost(self.config, goal, *self.workspace, self._ee_now_m, marker_m)
         needed = list(TASK_HEADS[goal.task])
         if cost.desired_normal_force_n > 0 and "contact_force_n" not in needed:
@@ -313,8 +334,9 @@ class Planner:
         final_cost = score(heads, actions, mean[None], self._previous_action)  # (1,)
         self._require_finite(final_cost, *heads.values())
         self._previous_mean, self._previous_action = mean, mean[0].copy()
-        if goal.task == "press" and cfg.marker_memory_distance_m > 0:
-            self.remember_marker({name: value[0] for name, value in heads.items()})
+        if goal.task == "press":  # the only task with a marker head (TASK_HEADS)
+            marker_rel = heads["marker_rel_m"][0, 0]
+            self.marker_memory.add(goal, marker_rel, heads["ee_position_m"][0, 0])
         return Plan(
             actions=actions[0].astype(np.float64),
             ee_position_m=heads["ee_position_m"][0].astype(np.float64),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wmpc.config import PlannerConfig
-from wmpc.planning import TASK_HEADS, PlanningError
+from wmpc.planning import TASK_HEADS, MarkerMemory, PlanningError
 from wmpc.training.model import HEADS, WorldModelNet
 from wmpc.types import Goal, Plan
 
@@ -66,6 +66,7 @@ class TorchReferencePlanner:
         self.generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
         self._previous_mean: torch.Tensor | None = None  # (H, A) normalised
         self._previous_action = self.rest_unit.clone()  # (A,)
+        self.marker_memory = MarkerMemory(self.config.marker_memory_distance_m)
 
     def _sample_noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         if self._noise is not None:
@@ -126,7 +127,11 @@ class TorchReferencePlanner:
                 error = error[..., 2:]
             cost = cost + cfg.position_weight_per_m * _norm(error).sum(dim=1)
         if goal.task == "press":
-            marker_xy = heads["marker_rel_m"][..., :2]
+            remembered = self.marker_memory.estimate_m(goal)
+            if remembered is None:
+                marker_xy = heads["marker_rel_m"][..., :2]
+            else:
+                marker_xy = torch.tensor(remembered) - ee[..., :2]
             cost = cost + cfg.marker_weight_per_m * _norm(marker_xy).sum(dim=1)
             if cfg.press_slide_weight_per_m > 0:
                 slide_m = _norm(actions[..., :2]) * heads["contact_prob"][..., 0]  # (K, H)
@@ -187,6 +192,9 @@ class TorchReferencePlanner:
         final_cost = self.cost(goal, heads, actions, mean[None])  # (1,)
         self._require_finite(final_cost, *heads.values())
         self._previous_mean, self._previous_action = mean, mean[0].clone()
+        if goal.task == "press":
+            marker_rel = heads["marker_rel_m"][0, 0].numpy()
+            self.marker_memory.add(goal, marker_rel, heads["ee_position_m"][0, 0].numpy())
         return Plan(
             actions=actions[0].numpy(),
             ee_position_m=heads["ee_position_m"][0].numpy(),
