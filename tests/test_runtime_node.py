@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+import tiny_model
 from onnx_surgery import nan_initialisers
 from sensor_feed import SensorFeed
 from tiny_model import build_tiny_model, sha256
@@ -237,6 +238,25 @@ def test_estop_latches_until_reset_service(ros, tiny_dir):
         lambda: (s := last_status(diagnostics)) is not None and "estop" not in s.message,
         10,
         "the e-stop released",
+    )
+
+
+def test_press_diagnostics_show_the_remembered_marker(ros, tiny_dir):
+    runtime(ros, tiny_dir, autostart=True, task="press")
+    sensors = Sensors(ros)  # the pad 11 cm from the tiny world's marker: in view
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics", 10)
+    sensors.goal((0.5, 0.0, tiny_model.TABLE_Z_M))
+    ros.wait_until(
+        lambda: (
+            (s := last_status(diagnostics)) is not None
+            and "ticks" in values(s).get("marker_memory", "")
+        ),
+        20,
+        "a remembered marker in the diagnostics",
+    )
+    x_m, y_m = tiny_model.MARKER_M[:2]
+    assert (
+        f"x {x_m:.3f} m, y {y_m:.3f} m from" in values(last_status(diagnostics))["marker_memory"]
     )
 
 

@@ -209,6 +209,13 @@ class MarkerMemory:
         self._sum_m = np.zeros(2)  # marker x, y summed over the remembered ticks
         self._ticks = 0
 
+    def describe(self) -> str:
+        """What /diagnostics shows: the remembered marker and how many ticks it holds."""
+        if self._ticks == 0:
+            return "none yet"
+        x_m, y_m = self._sum_m / self._ticks
+        return f"x {x_m:.3f} m, y {y_m:.3f} m from {self._ticks} ticks"
+
     def _applies(self, goal: Goal) -> bool:
         """True when the memory serves `goal` (press, memory on); forgets another goal's."""
         if self.distance_m <= 0 or goal.task != "press":

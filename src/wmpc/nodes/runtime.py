@@ -482,6 +482,8 @@ class RuntimeNode(LifecycleNode):
             }
             for key, count in sorted(self._violation_counts.items()):
                 values[f"violations.{key}"] = str(count)
+            if self.config.task == "press":
+                values["marker_memory"] = loop.planner.marker_memory.describe()
         if latencies.size:
             values["tick_ms_p50"] = f"{np.percentile(latencies, 50):.2f}"
             values["tick_ms_p99"] = f"{np.percentile(latencies, 99):.2f}"
