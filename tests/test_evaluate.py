@@ -197,6 +197,27 @@ def test_bag_logged_on_another_clock_gives_the_same_figures(capsys, world, clean
         assert other[key] == clean[key], key
 
 
+@pytest.mark.parametrize("log_per_stamp", [2.0, 0.25])
+def test_sim_at_another_rate_than_real_time_gives_the_same_figures(
+    capsys, world, clean, tmp_path, log_per_stamp
+):
+    """A sim at 0.5x real time (`make demo`) logs 2 s per stamped second, a lockstep run
+    faster than real time fewer; ticks follow the stamps either way."""
+    stretched = tmp_path / f"log_x{log_per_stamp}"
+    with open_bag(world["bag"]) as bag, BagWriter(stretched) as out:
+        for topic in bag.topics():
+            out.add_topic(topic.name, topic.msgtype, topic.qos)
+        start_ns = None
+        for topic, _, log_ns, raw in bag.messages():
+            start_ns = log_ns if start_ns is None else start_ns
+            wall_ns = start_ns + round((log_ns - start_ns) * log_per_stamp)
+            out.write(topic, wall_ns + 1_700_000_000 * 10**9, raw)
+    clean = _without_timing(clean)["models"][0]
+    other = _without_timing(_json(capsys, world, stretched))["models"][0]
+    for key in ("ticks", "prediction", "commands", "topics", "staleness_ms"):
+        assert other[key] == clean[key], key
+
+
 def test_truncated_bag_is_evaluated_up_to_the_damage_then_exits_2(capsys, world):
     code, out, err = _evaluate(
         capsys,

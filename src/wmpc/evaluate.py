@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,12 @@ ESTOP_TOPIC = "/wmpc/estop"
 RUNTIME_NODE = "runtime_node"  # the node whose parameter file --params reads
 DEFAULT_TASK = "reach"
 CLOCK_SAMPLES = 101  # messages whose stamp - log time offset sets the bag's clock offset
+STAMP_CLOCK_SAMPLES = 31  # latest messages whose median stamp - log time sets the clock
+# Kinds whose time is a header stamp; std_msgs/Bool on /wmpc/estop has none (log time).
+STAMPED_KINDS = frozenset(
+    {"image", "audio", "tactile", "joints", "ee_pose", "wrench", "pose_command"}
+    | {"wrench_command", "privileged", "goal", "goal_wrench"}
+)
 
 ERROR_UNITS = {
     "ee_position_m": "m",
@@ -226,6 +232,20 @@ def task_from_bag(bag: BagSource) -> str | None:
     finally:
         messages.close()
     return None
+
+
+def _median(values: Sequence[int]) -> int:
+    """The middle value (the upper one of an even count): a plain int, no numpy call."""
+    return sorted(values)[len(values) // 2]
+
+
+def _edge_stamp(recent: Sequence[tuple[int, int]], drift_ns: int, first: bool) -> int:
+    """The earliest (`first`) or latest stamp among (stamp, log) pairs whose stamp agrees
+    with log + drift to within the reorder window: outliers stamped far off do not count."""
+    near = [t for t, log in recent if abs(t - (log + drift_ns)) <= MAX_LATENCY_S * NS]
+    if not near:
+        return recent[0][1] + drift_ns if first else recent[-1][1] + drift_ns
+    return min(near) if first else max(near)
 
 
 def _decode(kind: str, msg: Any, log_ns: int, rate_hz: int) -> tuple[int, Any]:
@@ -483,7 +503,7 @@ class _Pass:
             tick_stamps_s=self.tick_stamps_s,
         )
         counts = {name: TopicCount(kinds[name]) for name in sorted(names)}
-        first_ns, last_log_ns, offset_ns = self._replay(bag, wanted, kinds, builder, counts)
+        offset_ns, start_ns, end_ns = self._replay(bag, wanted, kinds, builder, counts)
         if abs(offset_ns) > MAX_LATENCY_S * NS:
             log.warning(
                 "%s: header stamps are %.1f s off the log times (recorded without "
@@ -496,12 +516,12 @@ class _Pass:
             for t in bag.topics()
             if t.name not in kinds and t.count
         }
-        if last_log_ns is not None:
-            # Ticks stop where the bag's log ends (in stamp time): a message stamped later
-            # is still offered to the buffer, but no tick waits for it.
-            builder.advance(math.inf, last_log_ns + offset_ns)
+        if end_ns is not None:
+            # Ticks stop where the bag ends (in stamp time): a message stamped later is still
+            # offered to the buffer, but no tick waits for it.
+            builder.advance(math.inf, end_ns)
         wall_s = time.perf_counter() - start_wall
-        span_s = 0.0 if first_ns is None else (last_log_ns - first_ns) / NS
+        span_s = 0.0 if end_ns is None else (end_ns - start_ns) / NS  # in stamp time
         stats = loop.buffer.stats()
         for name, count in counts.items():
             if count.kind in MODALITIES:
@@ -561,28 +581,32 @@ class _Pass:
         kinds: dict[str, str],
         builder: _EvaluationBuilder,
         counts: dict[str, TopicCount],
-    ) -> tuple[int | None, int | None, int]:
-        """Feed every readable message; returns (first log ns, last log ns, stamp - log ns).
+    ) -> tuple[int, int | None, int | None]:
+        """Feed every readable message; returns (the typical stamp - log ns, and the stamp
+        times the bag starts and ends at; None without a stamped message).
 
-        Ticks follow the header stamps, held back by the reorder window behind the log time
-        (as the dataset does). A bag recorded without use_sim_time has stamps in another time
-        base than its log times: the typical stamp - log offset (median of the first
-        messages) maps one onto the other, so neither an hours-long gap nor a single message
-        stamped years away can make the tick grid run on without data.
+        Ticks follow the header stamps, held back by the reorder window: the stamp time is
+        the log time plus the median stamp - log offset of the latest messages (once there
+        are STAMP_CLOCK_SAMPLES), so a single message stamped years away cannot move it. A
+        bag recorded without use_sim_time logs on the wall clock, and a sim that ran at
+        another rate than real time (`make demo` runs at 0.5x) has stamps that advance
+        slower or faster than the log times: the offset drifts, and one fixed offset (the
+        first design) ran the ticks ahead of the data (the demo's bag: 199 of 228 ticks
+        held on stale sensors). The offset over the first messages is reported.
         """
         rate_hz = builder.buffer.config.audio_rate_hz
         latency_ns = round(MAX_LATENCY_S * NS)
         first_log_ns: int | None = None
-        last_log_ns: int | None = None
         offsets: list[int] = []
         offset_ns = 0
+        recent: deque[tuple[int, int]] = deque(maxlen=STAMP_CLOCK_SAMPLES)  # (stamp, log)
+        start_ns: int | None = None  # stamp time the bag starts at
         span_ns = (bag.end_ns - bag.start_ns) if bag.start_ns is not None else 0
         next_report = time.perf_counter() + self.config.progress_period_s
         messages = bag.messages(wanted)
         try:
             for topic, msgtype, log_ns, raw in messages:
                 first_log_ns = log_ns if first_log_ns is None else first_log_ns
-                last_log_ns = log_ns
                 count = counts[topic]
                 count.read += 1
                 kind = kinds[topic]
@@ -599,23 +623,34 @@ class _Pass:
                 if builder.last_tick_ns is not None and time_ns < builder.last_tick_ns:
                     count.late += 1
                 builder.push(kind, time_ns, payload)
-                if len(offsets) < CLOCK_SAMPLES:
-                    offsets.append(time_ns - log_ns)
-                    offset_ns = int(np.median(offsets))
-                builder.advance(log_ns + offset_ns - latency_ns)
+                if kind in STAMPED_KINDS:
+                    if len(offsets) < CLOCK_SAMPLES:
+                        offsets.append(time_ns - log_ns)
+                        offset_ns = int(np.median(offsets))
+                    recent.append((time_ns, log_ns))
+                    if len(recent) == recent.maxlen:  # no clock from a lone outlier
+                        drift_ns = _median([t - log for t, log in recent])
+                        if start_ns is None:
+                            start_ns = _edge_stamp(recent, drift_ns, first=True)
+                        builder.advance(log_ns + drift_ns - latency_ns)
                 if self.progress is not None and time.perf_counter() >= next_report:
                     next_report = time.perf_counter() + self.config.progress_period_s
                     done_s = (log_ns - first_log_ns) / NS
                     total = f" of {span_ns / NS:.1f}" if span_ns else ""
                     self.progress(
-                        f"{self.label}: {done_s:.1f}{total} s of bag time, "
+                        f"{self.label}: {done_s:.1f}{total} s of the bag's log, "
                         f"{len(builder.ticks)} ticks"
                     )
         except BagError as exc:
             self.damage = str(exc)
         finally:
             messages.close()
-        return first_log_ns, last_log_ns, offset_ns
+        if not recent:
+            return offset_ns, None, None
+        drift_ns = _median([t - log for t, log in recent])
+        if start_ns is None:  # fewer than STAMP_CLOCK_SAMPLES stamped messages
+            start_ns = _edge_stamp(recent, drift_ns, first=True)
+        return offset_ns, start_ns, _edge_stamp(recent, drift_ns, first=False)
 
     # -- figures ---------------------------------------------------------------------------
 
