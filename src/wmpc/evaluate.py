@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,7 @@ from wmpc.training.dataset import (
     DatasetSettings,
     Episode,
     EpisodeBuilder,
+    StampClock,
     event_of,
 )
 from wmpc.training.metrics import METRICS, PRIVILEGED_HEADS, window_errors  # as the manifest's
@@ -85,7 +86,6 @@ ESTOP_TOPIC = "/wmpc/estop"
 RUNTIME_NODE = "runtime_node"  # the node whose parameter file --params reads
 DEFAULT_TASK = "reach"
 CLOCK_SAMPLES = 101  # messages whose stamp - log time offset sets the bag's clock offset
-STAMP_CLOCK_SAMPLES = 31  # latest messages whose median stamp - log time sets the clock
 # Kinds whose time is a header stamp; std_msgs/Bool on /wmpc/estop has none (log time).
 STAMPED_KINDS = frozenset(
     {"image", "audio", "tactile", "joints", "ee_pose", "wrench", "pose_command"}
@@ -232,20 +232,6 @@ def task_from_bag(bag: BagSource) -> str | None:
     finally:
         messages.close()
     return None
-
-
-def _median(values: Sequence[int]) -> int:
-    """The middle value (the upper one of an even count): a plain int, no numpy call."""
-    return sorted(values)[len(values) // 2]
-
-
-def _edge_stamp(recent: Sequence[tuple[int, int]], drift_ns: int, first: bool) -> int:
-    """The earliest (`first`) or latest stamp among (stamp, log) pairs whose stamp agrees
-    with log + drift to within the reorder window: outliers stamped far off do not count."""
-    near = [t for t, log in recent if abs(t - (log + drift_ns)) <= MAX_LATENCY_S * NS]
-    if not near:
-        return recent[0][1] + drift_ns if first else recent[-1][1] + drift_ns
-    return min(near) if first else max(near)
 
 
 def _decode(kind: str, msg: Any, log_ns: int, rate_hz: int) -> tuple[int, Any]:
@@ -585,22 +571,19 @@ class _Pass:
         """Feed every readable message; returns (the typical stamp - log ns, and the stamp
         times the bag starts and ends at; None without a stamped message).
 
-        Ticks follow the header stamps, held back by the reorder window: the stamp time is
-        the log time plus the median stamp - log offset of the latest messages (once there
-        are STAMP_CLOCK_SAMPLES), so a single message stamped years away cannot move it. A
+        Ticks follow the header stamps (`StampClock`), held back by the reorder window. A
         bag recorded without use_sim_time logs on the wall clock, and a sim that ran at
         another rate than real time (`make demo` runs at 0.5x) has stamps that advance
-        slower or faster than the log times: the offset drifts, and one fixed offset (the
-        first design) ran the ticks ahead of the data (the demo's bag: 199 of 228 ticks
-        held on stale sensors). The offset over the first messages is reported.
+        slower or faster than the log times: one fixed stamp - log offset (the first design)
+        ran the ticks ahead of the data (the demo's bag: 199 of 228 ticks held on stale
+        sensors). The offset over the first messages is reported.
         """
         rate_hz = builder.buffer.config.audio_rate_hz
         latency_ns = round(MAX_LATENCY_S * NS)
         first_log_ns: int | None = None
         offsets: list[int] = []
         offset_ns = 0
-        recent: deque[tuple[int, int]] = deque(maxlen=STAMP_CLOCK_SAMPLES)  # (stamp, log)
-        start_ns: int | None = None  # stamp time the bag starts at
+        clock = StampClock()
         span_ns = (bag.end_ns - bag.start_ns) if bag.start_ns is not None else 0
         next_report = time.perf_counter() + self.config.progress_period_s
         messages = bag.messages(wanted)
@@ -627,12 +610,9 @@ class _Pass:
                     if len(offsets) < CLOCK_SAMPLES:
                         offsets.append(time_ns - log_ns)
                         offset_ns = int(np.median(offsets))
-                    recent.append((time_ns, log_ns))
-                    if len(recent) == recent.maxlen:  # no clock from a lone outlier
-                        drift_ns = _median([t - log for t, log in recent])
-                        if start_ns is None:
-                            start_ns = _edge_stamp(recent, drift_ns, first=True)
-                        builder.advance(log_ns + drift_ns - latency_ns)
+                    now_ns = clock.push(time_ns, log_ns)
+                    if now_ns is not None:
+                        builder.advance(now_ns - latency_ns)
                 if self.progress is not None and time.perf_counter() >= next_report:
                     next_report = time.perf_counter() + self.config.progress_period_s
                     done_s = (log_ns - first_log_ns) / NS
@@ -645,12 +625,7 @@ class _Pass:
             self.damage = str(exc)
         finally:
             messages.close()
-        if not recent:
-            return offset_ns, None, None
-        drift_ns = _median([t - log for t, log in recent])
-        if start_ns is None:  # fewer than STAMP_CLOCK_SAMPLES stamped messages
-            start_ns = _edge_stamp(recent, drift_ns, first=True)
-        return offset_ns, start_ns, _edge_stamp(recent, drift_ns, first=False)
+        return offset_ns, clock.start_ns, clock.end_ns()
 
     # -- figures ---------------------------------------------------------------------------
 

@@ -386,6 +386,53 @@ def _stamp_ns(msg: Any) -> int:
     return int(stamp.sec) * NS + int(stamp.nanosec)
 
 
+class StampClock:
+    """A bag's time as its header stamps tell it, from messages in log order.
+
+    The stamp time at a message is its log time plus the median stamp - log offset of the
+    latest `samples` messages: the offset follows a clock that runs at another rate than the
+    log's (a sim recorded at 0.5x real time, or faster in lockstep) or in another time base
+    (recorded without use_sim_time), and a single message stamped years away moves neither
+    the median nor, until `samples` messages are in, anything at all.
+    """
+
+    def __init__(self, samples: int = 31):
+        self._recent: deque[tuple[int, int]] = deque(maxlen=samples)  # (stamp, log) ns
+        self.start_ns: int | None = None  # stamp time of the bag's first messages
+
+    def _offset_ns(self) -> int:
+        offsets = sorted(stamp - log for stamp, log in self._recent)
+        return offsets[len(offsets) // 2]
+
+    def _edge_ns(self, offset_ns: int, first: bool) -> int:
+        """The earliest (`first`) or latest stamp that agrees with its log time + offset to
+        within the reorder window: one stamped far off does not count."""
+        near = [s for s, log in self._recent if abs(s - log - offset_ns) <= MAX_LATENCY_S * NS]
+        if not near:
+            return self._recent[0 if first else -1][1] + offset_ns
+        return min(near) if first else max(near)
+
+    def push(self, stamp_ns: int, log_ns: int) -> int | None:
+        """The stamp time now, after a message; None until enough messages are in."""
+        self._recent.append((stamp_ns, log_ns))
+        if len(self._recent) < (self._recent.maxlen or 1):
+            return None
+        offset_ns = self._offset_ns()
+        if self.start_ns is None:
+            self.start_ns = self._edge_ns(offset_ns, first=True)
+        return log_ns + offset_ns
+
+    def end_ns(self) -> int | None:
+        """The stamp time the messages so far end at (None without any); sets `start_ns`
+        if fewer than `samples` came."""
+        if not self._recent:
+            return None
+        offset_ns = self._offset_ns()
+        if self.start_ns is None:
+            self.start_ns = self._edge_ns(offset_ns, first=True)
+        return self._edge_ns(offset_ns, first=False)
+
+
 def build_episode(bag: Path, settings: DatasetSettings | None = None) -> Episode:
     """Read one bag and return its episode arrays (see the module docstring)."""
     from rosbags.highlevel import AnyReader, AnyReaderError
@@ -422,6 +469,9 @@ def build_episode(bag: Path, settings: DatasetSettings | None = None) -> Episode
         builder = EpisodeBuilder(settings, WRENCH_COMMAND_TOPIC in present)
         latency_ns = round(MAX_LATENCY_S * NS)
         last_ns = 0
+        # Bags from `wmpc collect` log each message at its stamp; one from `wmpc record`
+        # logs on the wall clock, whatever rate the (sim) clock of its stamps ran at.
+        clock = StampClock()
         for connection, log_ns, raw in reader.messages(connections=connections):
             kind = topics[connection.topic]
             try:
@@ -433,7 +483,9 @@ def build_episode(bag: Path, settings: DatasetSettings | None = None) -> Episode
                 continue
             builder.push(kind, time_ns, payload)
             last_ns = max(last_ns, time_ns)
-            builder.advance(log_ns - latency_ns)
+            now_ns = clock.push(time_ns, log_ns)
+            if now_ns is not None:
+                builder.advance(now_ns - latency_ns)
         builder.advance(math.inf, last_ns)
     finally:
         reader.close()
