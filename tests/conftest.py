@@ -282,6 +282,24 @@ def write_synthetic_bag(
     return path
 
 
+def relog_bag(src: Path, dst: Path, log_per_stamp: float = 1.0) -> Path:
+    """A copy of bag `src` logged as `wmpc record` would log a sim on the wall clock: log
+    times 1.7e9 s later, and `log_per_stamp` seconds of log per second of the original (2:
+    a sim at 0.5x real time). Stamps and payloads are untouched."""
+    from wmpc.bag.reader import open_bag
+    from wmpc.bag.writer import BagWriter
+
+    with open_bag(src) as source, BagWriter(dst) as out:
+        for topic in source.topics():
+            out.add_topic(topic.name, topic.msgtype, topic.qos)
+        start_ns = None
+        for topic, _, log_ns, raw in source.messages():
+            start_ns = log_ns if start_ns is None else start_ns
+            wall_ns = start_ns + round((log_ns - start_ns) * log_per_stamp)
+            out.write(topic, wall_ns + 1_700_000_000 * 10**9, raw)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def synthetic_bags(tmp_path_factory) -> Path:
     """A folder of four synthetic episode bags (60 ticks each), shared by the session."""

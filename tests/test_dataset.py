@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
-from conftest import write_synthetic_bag
+from conftest import relog_bag, write_synthetic_bag
 from wmpc.cli import main
 from wmpc.config import SensorBufferConfig
 from wmpc.training.dataset import (
@@ -99,19 +99,8 @@ def test_recorded_bag_on_the_wall_clock_builds_the_same_episode(tmp_path, log_pe
     """A `wmpc record` bag of a sim logs on the wall clock, its stamps on the sim clock, which
     ran at another rate (0.5x real time: 2 s of log per stamped second). Ticking on the log
     times ran the grid from the stamps' 1 s to the wall clock's 1.7e9 s: it never ended."""
-    from wmpc.bag.reader import open_bag
-    from wmpc.bag.writer import BagWriter
-
     bag = write_synthetic_bag(tmp_path / "episode", seed=3, ticks=40)
-    recorded = tmp_path / "recorded"
-    with open_bag(bag) as source, BagWriter(recorded) as out:
-        for topic in source.topics():
-            out.add_topic(topic.name, topic.msgtype, topic.qos)
-        start_ns = None
-        for topic, _, log_ns, raw in source.messages():
-            start_ns = log_ns if start_ns is None else start_ns
-            wall_ns = start_ns + round((log_ns - start_ns) * log_per_stamp)
-            out.write(topic, wall_ns + 1_700_000_000 * 10**9, raw)
+    recorded = relog_bag(bag, tmp_path / "recorded", log_per_stamp)
     logged_at_stamps, on_the_wall_clock = build_episode(bag), build_episode(recorded)
     assert on_the_wall_clock.meta["dropped"] == logged_at_stamps.meta["dropped"]
     for name, values in logged_at_stamps.arrays.items():
