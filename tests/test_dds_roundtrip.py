@@ -201,7 +201,7 @@ rclpy.shutdown()
 
 
 def test_camera_frames_cross_processes_without_loss(ros):
-    """30 Hz 640x480 best-effort frames from another process: (nearly) all must arrive.
+    """30 Hz 640x480 best-effort frames from another process: nearly all must arrive.
 
     With Fast DDS's default 512 KiB shared-memory segment half of such frames were lost
     between sim_node and runtime_node, and with LARGE_DATA they came late; the runtime then
@@ -224,7 +224,9 @@ def test_camera_frames_cross_processes_without_loss(ros):
     )
     assert child.returncode == 0, child.stderr[-2000:]
     stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in list(received)}
-    assert len(stamps) >= 0.95 * frames, f"{len(stamps)} of {frames} frames arrived"
+    # The fault lost 55 % (132 of 298 frames); 80 % leaves a loaded CI host's best-effort
+    # reader room for a few drops (a contract test there once lost 14 % of /joint_states).
+    assert len(stamps) >= 0.8 * frames, f"{len(stamps)} of {frames} frames arrived"
 
 
 def test_wmpc_fastdds_profile_is_set_unless_the_user_chose(monkeypatch):
