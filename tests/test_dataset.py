@@ -107,6 +107,26 @@ def test_recorded_bag_on_the_wall_clock_builds_the_same_episode(tmp_path, log_pe
         np.testing.assert_array_equal(on_the_wall_clock.arrays[name], values, err_msg=name)
 
 
+def test_a_frame_stamped_years_later_does_not_stretch_the_grid(tmp_path, external_data):
+    """The rosbags_rs bag's broken Image is stamped years after everything else; appended to
+    an episode it must neither become the end of the tick grid (years of ticks) nor more."""
+    from wmpc.bag.reader import open_bag
+    from wmpc.bag.writer import BagWriter
+
+    with open_bag(external_data / "rosbags_rs" / "test_bag_mcap") as rs:
+        broken = next(raw for _, _, _, raw in rs.messages(["/test/sensor_msgs/image"]))
+    bag = write_synthetic_bag(tmp_path / "episode", seed=3, ticks=40)
+    with open_bag(bag) as source, BagWriter(tmp_path / "outlier") as out:
+        for topic in source.topics():
+            out.add_topic(topic.name, topic.msgtype, topic.qos)
+        for topic, _, log_ns, raw in source.messages():
+            out.write(topic, log_ns, raw)
+        out.write("/camera/image_raw", log_ns + 1_000_000, broken)
+    clean, outlier = build_episode(bag), build_episode(tmp_path / "outlier")
+    assert outlier.meta["grid_ticks"] == clean.meta["grid_ticks"]
+    np.testing.assert_array_equal(outlier.arrays["tick_index"], clean.arrays["tick_index"])
+
+
 def test_bag_without_privileged_topic_masks_those_labels(tmp_path):
     bag = write_synthetic_bag(tmp_path / "real", seed=2, ticks=30, privileged=False)
     arrays = build_episode(bag).arrays

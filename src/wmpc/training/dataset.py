@@ -486,6 +486,10 @@ def build_episode(bag: Path, settings: DatasetSettings | None = None) -> Episode
             now_ns = clock.push(time_ns, log_ns)
             if now_ns is not None:
                 builder.advance(now_ns - latency_ns)
+        # Ticks end at the latest time seen, unless that is a message stamped far off.
+        end_ns = clock.end_ns()
+        if end_ns is not None and last_ns > end_ns + latency_ns:
+            last_ns = end_ns
         builder.advance(math.inf, last_ns)
     finally:
         reader.close()
