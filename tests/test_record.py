@@ -48,13 +48,20 @@ class Recorder:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.errors: list[str] = []
+        # One reader per pipe, and only they read: communicate() beside them closed stdout
+        # under the stdout reader (ValueError in its thread) and could take its lines.
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.errors), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
+    @staticmethod
+    def _read(pipe, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line.rstrip())
 
     def subscribed(self, topic: str) -> bool:
         """True once the recorder said it subscribed to `topic`."""
@@ -71,12 +78,13 @@ class Recorder:
         """Send `sig`, wait for the exit; (exit code, stderr)."""
         self.proc.send_signal(sig)
         try:
-            _, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
-        self._reader.join(timeout=5)
-        return self.proc.returncode, err
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return self.proc.returncode, "\n".join(self.errors)
 
 
 def _metadata(bag: Path) -> dict:
