@@ -34,7 +34,7 @@ class StreamSpec:
     # the previous chunk's length apart (a dropped chunk shows as a whole-chunk gap).
     sample_rate_hz: float | None = None
     min_samples: int = 5
-    rate_tolerance: float = 0.1  # relative, on the rate from the median stamp spacing
+    rate_tolerance: float = 0.1  # relative, on the rate from the mean spacing without gaps
     min_received: float = 0.6  # share of the samples the span and rate promise
     allow_non_finite: bool = False  # e.g. depth images mark "no return" with NaN
 

@@ -86,11 +86,9 @@ ESTOP_TOPIC = "/wmpc/estop"
 RUNTIME_NODE = "runtime_node"  # the node whose parameter file --params reads
 DEFAULT_TASK = "reach"
 CLOCK_SAMPLES = 101  # messages whose stamp - log time offset sets the bag's clock offset
-# Kinds whose time is a header stamp; std_msgs/Bool on /wmpc/estop has none (log time).
-STAMPED_KINDS = frozenset(
-    {"image", "audio", "tactile", "joints", "ee_pose", "wrench", "pose_command"}
-    | {"wrench_command", "privileged", "goal", "goal_wrench"}
-)
+# Kinds `_decode` times by their log time: std_msgs/Bool on /wmpc/estop has no stamp. All
+# others carry a header stamp, which sets the bag's clock.
+LOG_TIME_KINDS = frozenset({"estop"})
 
 ERROR_UNITS = {
     "ee_position_m": "m",
@@ -606,7 +604,7 @@ class _Pass:
                 if builder.last_tick_ns is not None and time_ns < builder.last_tick_ns:
                     count.late += 1
                 builder.push(kind, time_ns, payload)
-                if kind in STAMPED_KINDS:
+                if kind not in LOG_TIME_KINDS:
                     if len(offsets) < CLOCK_SAMPLES:
                         offsets.append(time_ns - log_ns)
                         offset_ns = int(np.median(offsets))

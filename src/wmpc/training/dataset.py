@@ -397,6 +397,7 @@ class StampClock:
     """
 
     def __init__(self, samples: int = 31):
+        self.samples = samples
         self._recent: deque[tuple[int, int]] = deque(maxlen=samples)  # (stamp, log) ns
         self.start_ns: int | None = None  # stamp time of the bag's first messages
 
@@ -412,25 +413,26 @@ class StampClock:
             return self._recent[0 if first else -1][1] + offset_ns
         return min(near) if first else max(near)
 
-    def push(self, stamp_ns: int, log_ns: int) -> int | None:
-        """The stamp time now, after a message; None until enough messages are in."""
-        self._recent.append((stamp_ns, log_ns))
-        if len(self._recent) < (self._recent.maxlen or 1):
-            return None
+    def _settled_offset_ns(self) -> int:
+        """The current offset; the first call also fixes `start_ns` from it."""
         offset_ns = self._offset_ns()
         if self.start_ns is None:
             self.start_ns = self._edge_ns(offset_ns, first=True)
-        return log_ns + offset_ns
+        return offset_ns
+
+    def push(self, stamp_ns: int, log_ns: int) -> int | None:
+        """The stamp time now, after a message; None until `samples` messages are in."""
+        self._recent.append((stamp_ns, log_ns))
+        if len(self._recent) < self.samples:
+            return None
+        return log_ns + self._settled_offset_ns()
 
     def end_ns(self) -> int | None:
         """The stamp time the messages so far end at (None without any); sets `start_ns`
         if fewer than `samples` came."""
         if not self._recent:
             return None
-        offset_ns = self._offset_ns()
-        if self.start_ns is None:
-            self.start_ns = self._edge_ns(offset_ns, first=True)
-        return self._edge_ns(offset_ns, first=False)
+        return self._edge_ns(self._settled_offset_ns(), first=False)
 
 
 def build_episode(bag: Path, settings: DatasetSettings | None = None) -> Episode:
