@@ -129,7 +129,10 @@ def test_push_moves_the_predicted_block_towards_the_goal(model):
     block = tiny_model.BLOCK_M
     target = goal([block[0] + 0.1, block[1], block[2]], task="push")
     behind = block + np.array([-0.035, 0.0, 0.0])  # within the pad's reach of the block
-    _, plans = closed_loop(model, planner(model, horizon=5), target, ticks=1, start=behind)
+    # The model's own block term (off by default: the shipped model's block dynamics are too
+    # weak to plan with, see PlannerConfig.block_weight_per_m); no guide without observe().
+    p = planner(model, horizon=5, block_weight_per_m=100.0)
+    _, plans = closed_loop(model, p, target, ticks=1, start=behind)
     moved = plans[0].predictions["block_position_m"][-1]
     assert moved[0] - block[0] > 0.02  # pushed in +x, towards the goal
     assert np.linalg.norm(moved[:2] - target.pose.position_m[:2]) < 0.08
@@ -274,3 +277,95 @@ def test_press_plans_fill_the_marker_memory_and_cost_the_distance_to_it(model):
     np.testing.assert_allclose(
         TaskCost(cfg, target).marker_alignment(rel, ee), [[100 * np.hypot(0.3, 0.3)]]
     )
+
+
+def _push_goal(x_m=0.6, y_m=0.0) -> Goal:
+    return goal([x_m, y_m, 0.025], task="push")
+
+
+def test_push_guide_lines_up_lowers_pushes_and_stops_at_the_goal():
+    from wmpc.planning import PushGuide
+
+    cfg = config()  # standoff 6 cm, travel 5 cm up, step 1 cm, tolerance 1.5 cm
+    guide, target = PushGuide(cfg), _push_goal()
+    block = np.array([0.5, 0.0, 0.025])  # 10 cm short of the goal, along +x
+    # Far and high: to the spot 6 cm behind the block, at travel height.
+    np.testing.assert_allclose(guide.target_m(target, block, [0.3, 0.2, 0.3]), [0.44, 0, 0.075])
+    assert guide.phase == "line up"
+    # Over the spot: lower there; down at the goal height: push, a step ahead on the line.
+    np.testing.assert_allclose(
+        guide.target_m(target, block, [0.445, 0.005, 0.07]), [0.44, 0, 0.025]
+    )
+    assert guide.phase == "lower"
+    np.testing.assert_allclose(guide.target_m(target, block, [0.46, 0.0, 0.03]), [0.47, 0, 0.025])
+    assert guide.phase == "push"
+    # The push line stays the one it began with, whatever one estimate says.
+    shifted = np.array([0.55, 0.02, 0.025])  # 2 cm off the line (< 3 x tolerance)
+    np.testing.assert_allclose(
+        guide.target_m(target, shifted, [0.51, 0.0, 0.025]), [0.52, 0.02, 0.025]
+    )
+    assert guide.phase == "push"
+    # Never aims past the point that brings the block onto the goal ...
+    near = np.array([0.592, 0.0, 0.025])  # 8 mm to go
+    np.testing.assert_allclose(guide.target_m(target, near, [0.552, 0.0, 0.025])[0], 0.56)
+    assert guide.phase == "push"
+    # ... and stops (holds where it is) once the block has nothing left to go.
+    on_goal = np.array([0.598, 0.001, 0.025])
+    np.testing.assert_allclose(
+        guide.target_m(target, on_goal, [0.558, 0.0, 0.02]), [0.558, 0, 0.025]
+    )
+    assert guide.phase == "done"
+    assert "done: pad to x 0.558 m" in guide.describe()
+    # The block knocked away from the goal: rise, then line up again.
+    away = np.array([0.56, 0.05, 0.025])
+    np.testing.assert_allclose(guide.target_m(target, away, [0.558, 0.0, 0.02]), [0.558, 0, 0.075])
+    assert guide.phase == "retreat"
+    guide.target_m(target, away, [0.558, 0.0, 0.07])
+    assert guide.phase == "line up"
+
+
+def test_push_guide_retreats_when_the_pad_slips_off_and_restarts_for_a_new_goal():
+    from wmpc.planning import PushGuide
+
+    guide, target = PushGuide(config()), _push_goal()
+    block = np.array([0.5, 0.0, 0.025])
+    guide.target_m(target, block, [0.44, 0.0, 0.07])
+    guide.target_m(target, block, [0.44, 0.0, 0.03])
+    assert guide.phase == "push"
+    guide.target_m(target, block, [0.49, 0.06, 0.025])  # beside the block, 6 cm off the line
+    assert guide.phase == "retreat"
+    # Past the goal beside the line (not on it): line up again rather than stop.
+    guide.target_m(target, block, [0.44, 0.0, 0.07])
+    guide.target_m(target, block, [0.44, 0.0, 0.07])
+    guide.target_m(target, block, [0.44, 0.0, 0.03])
+    assert guide.phase == "push"
+    guide.target_m(target, np.array([0.61, 0.04, 0.025]), [0.56, 0.0, 0.025])
+    assert guide.phase == "retreat"
+    # A new goal starts with lining up.
+    guide.target_m(_push_goal(0.4, 0.1), block, [0.3, 0.2, 0.3])
+    assert guide.phase == "line up"
+
+
+def test_push_plans_follow_the_guide_with_the_measured_ee(model):
+    target = _push_goal(tiny_model.BLOCK_M[0] + 0.1, tiny_model.BLOCK_M[1])
+    p = planner(model)
+    z = model.encode(tiny_model.tiny_inputs(START_M))
+    assert p.cost_for(target).push_target_m is None  # no measured ee yet: no guide
+    p.observe(START_M)
+    p.plan(z, target)
+    assert p.push_guide.phase == "line up"
+    behind = tiny_model.BLOCK_M[:2] - np.array([0.06, 0.0])
+    np.testing.assert_allclose(p.push_guide.target[:2], behind, atol=0.01)
+    # The cost charges the predicted pad's distance to the target and a commanded height
+    # off the target's; a guide turned off leaves both to each sample's block.
+    cost = p.cost_for(target, p.push_guide.target)
+    ee = p.push_guide.target[None, None] + np.array([0.0, 0.03, 0.04])  # (1, 1, 3)
+    block = tiny_model.BLOCK_M[None, None]
+    np.testing.assert_allclose(
+        cost.block_to_goal(block, ee), [[cost.config.approach_weight_per_m * 0.05]]
+    )
+    assert p.cost_for(target).push_target_m is None
+    off = planner(model, push_guide=False)
+    off.observe(START_M)
+    off.plan(z, target)
+    assert off.push_guide.target is None

@@ -382,3 +382,20 @@ def test_parameter_file_is_read_and_bad_values_are_named(ros, tmp_path):
             context=ros.context,
             cli_args=["--ros-args", "--params-file", str(bad), "-r", "__node:=bad_runtime"],
         )
+
+
+def test_push_diagnostics_show_the_guide(ros, tiny_dir):
+    runtime(ros, tiny_dir, autostart=True, task="push")
+    sensors = Sensors(ros)
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics", 10)
+    block = tiny_model.BLOCK_M
+    sensors.goal((block[0] + 0.1, block[1], block[2]))
+    ros.wait_until(
+        lambda: (
+            (s := last_status(diagnostics)) is not None
+            and "pad to" in values(s).get("push_guide", "")
+        ),
+        20,
+        "the push guide's phase and target in the diagnostics",
+    )
+    assert values(last_status(diagnostics))["push_guide"].startswith("line up: pad to x ")

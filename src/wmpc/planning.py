@@ -74,6 +74,7 @@ class TaskCost:
     workspace_max_m: np.ndarray | None = None  # (3,)
     ee_now_m: np.ndarray | None = None  # (3,) measured ee position, where step 0 starts
     marker_m: np.ndarray | None = None  # (2,) remembered marker x, y (press; Planner.plan)
+    push_target_m: np.ndarray | None = None  # (3,) where the pad should go (push; PushGuide)
 
     @property
     def desired_normal_force_n(self) -> float:
@@ -102,22 +103,28 @@ class TaskCost:
         return self.config.marker_weight_per_m * _norm(marker_rel_m[..., :2])
 
     def block_to_goal(self, block_m: np.ndarray, ee_m: np.ndarray) -> np.ndarray:
-        """(K, H) block distance to the goal, plus the pad's distance to the spot behind it."""
+        """(K, H) block distance to the goal, plus the pad's distance to where it should be:
+        the push guide's target, or without one the spot behind the sample's block."""
         goal = self.goal.pose.position_m
         to_goal_x, to_goal_y = goal[0] - block_m[..., 0], goal[1] - block_m[..., 1]
         block_distance = np.sqrt(to_goal_x * to_goal_x + to_goal_y * to_goal_y)  # (K, H)
-        # Where the pad should be to push the block goalwards: behind it, at the goal height.
-        back = self.config.push_standoff_m / np.maximum(block_distance, 1e-6)
-        behind_x = block_m[..., 0] - back * to_goal_x
-        behind_y = block_m[..., 1] - back * to_goal_y
-        dx, dy, dz = ee_m[..., 0] - behind_x, ee_m[..., 1] - behind_y, ee_m[..., 2] - goal[2]
-        approach = np.sqrt(dx * dx + dy * dy + dz * dz)
+        if self.push_target_m is not None:
+            approach = _norm(ee_m, self.push_target_m)
+        else:
+            # Where the pad should be to push the block goalwards: behind it, at goal height.
+            back = self.config.push_standoff_m / np.maximum(block_distance, 1e-6)
+            behind_x = block_m[..., 0] - back * to_goal_x
+            behind_y = block_m[..., 1] - back * to_goal_y
+            dx, dy = ee_m[..., 0] - behind_x, ee_m[..., 1] - behind_y
+            dz = ee_m[..., 2] - goal[2]
+            approach = np.sqrt(dx * dx + dy * dy + dz * dz)
         return self.config.block_weight_per_m * block_distance + (
             self.config.approach_weight_per_m * approach
         )
 
     def target_height(self, ee_m: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """(K, H) press: how far each commanded target lies off the goal surface.
+        """(K, H) press: how far each commanded target lies off the goal surface; push (with
+        the guide): off the height the guide wants.
 
         A target is the ee where the step starts (measured for step 0, predicted after) plus
         the step. In contact the predicted ee stays on the surface whatever the target, so
@@ -131,8 +138,11 @@ class TaskCost:
         start_z = np.empty(ee_m.shape[:2])  # (K, H): the ee height each step starts from
         start_z[:, 0] = float(self.ee_now_m[2])
         start_z[:, 1:] = ee_m[:, :-1, 2]
-        off_m = start_z + actions[..., 2] - self.goal.pose.position_m[2]
-        return self.config.press_target_weight_per_m * np.abs(off_m)
+        if self.push_target_m is not None:
+            want_z, weight = self.push_target_m[2], self.config.push_target_weight_per_m
+        else:
+            want_z, weight = self.goal.pose.position_m[2], self.config.press_target_weight_per_m
+        return weight * np.abs(start_z + actions[..., 2] - want_z)
 
     def sliding(self, contact_prob: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """(K, H) press: horizontal step length of steps predicted to end in contact."""
@@ -176,6 +186,8 @@ class TaskCost:
         per_tick += self.commanded_force(actions)
         if self.goal.task == "push":
             per_tick += self.block_to_goal(heads["block_position_m"].astype(np.float64), ee)
+            if self.push_target_m is not None:
+                per_tick += self.target_height(ee, actions)
         else:
             per_tick += self.ee_position(ee)
         if self.goal.task == "press":
@@ -241,6 +253,87 @@ class MarkerMemory:
         self._ticks += 1
 
 
+class PushGuide:
+    """Where the pad should go next to push the block to the goal, from the block estimate.
+
+    The scripted expert's phases, steered by the model's estimate of where the block is now
+    instead of the simulator's: line up behind the block (seen from the goal) at travel
+    height, lower there, push along the line to the goal (a step ahead of the pad each
+    tick), stop when the block has nothing left to go along that line, and rise to line up
+    again when the pad slips off the block or the block passed the goal off the line. Why
+    not the block head's predictions per sample: the model's action-driven block motion is a
+    third of the real one and as large for a miss as for a push (README), so the planner
+    cannot tell the two apart; where the block is, it knows to about 1-2 cm.
+
+    The phase carries over from tick to tick, so one noisy estimate does not flip it; the
+    push line is fixed when a push begins for the same reason. A new goal starts afresh.
+    """
+
+    PHASES = ("line up", "lower", "push", "done", "retreat")
+
+    def __init__(self, config: PlannerConfig):
+        self.config = config
+        self._goal: Goal | None = None
+        self.phase = "line up"
+        self._line: np.ndarray | None = None  # (2,) unit push direction, fixed per push
+        self.target: np.ndarray | None = None  # (3,) the last target, for /diagnostics
+
+    def describe(self) -> str:
+        """What /diagnostics shows: the phase and the pad's target."""
+        if self.target is None:
+            return "none yet"
+        x_m, y_m, z_m = self.target
+        return f"{self.phase}: pad to x {x_m:.3f} m, y {y_m:.3f} m, z {z_m:.3f} m"
+
+    def target_m(self, goal: Goal, block_m: np.ndarray, ee_m: np.ndarray) -> np.ndarray:
+        """(3,) where the pad should go, given the block (3,) and the measured ee (3,) now."""
+        cfg = self.config
+        if self._goal is None or not _same_goal(self._goal, goal):
+            self._goal, self.phase, self._line = goal, "line up", None
+        goal_m = goal.pose.position_m
+        push_z, travel_z = goal_m[2], goal_m[2] + cfg.push_travel_height_m
+        tolerance = cfg.push_lateral_tolerance_m
+        to_goal = goal_m[:2] - block_m[:2]
+        distance = max(float(np.hypot(to_goal[0], to_goal[1])), 1e-9)
+        line = self._line if self.phase == "push" else to_goal / distance
+        rel = block_m[:2] - ee_m[:2]
+        along = float(rel @ line)  # > 0: the pad is behind the block
+        lateral = abs(float(rel[0] * line[1] - rel[1] * line[0]))
+        remaining = float(to_goal @ line)  # what the block has left to go along the line
+        behind = block_m[:2] - line * cfg.push_standoff_m
+        off_spot = float(np.hypot(*(ee_m[:2] - behind)))
+
+        if self.phase == "done" and distance > 2.5 * cfg.push_done_m:
+            self.phase = "retreat"
+        if self.phase == "push":
+            if remaining < cfg.push_done_m:
+                self.phase = "done" if distance < 2.5 * cfg.push_done_m else "retreat"
+            elif along < 0.5 * cfg.push_contact_m or lateral > 3 * tolerance:
+                self.phase = "retreat"  # slipped off the block
+        if self.phase == "retreat" and ee_m[2] > travel_z - 0.01:
+            self.phase = "line up"
+        if self.phase == "lower" and off_spot > 3 * tolerance:
+            self.phase = "retreat"
+        if self.phase == "line up" and off_spot < tolerance:
+            self.phase = "lower"
+        if self.phase == "lower" and ee_m[2] < push_z + 0.01:
+            self.phase, self._line = "push", line
+
+        if self.phase == "push":
+            # A step ahead of the pad on the line through the block, never past the point
+            # where the block would reach the goal.
+            ahead = min(cfg.push_step_m, remaining)
+            xy = block_m[:2] - line * (along - ahead)
+            self.target = np.array([xy[0], xy[1], push_z])
+        elif self.phase in ("done", "retreat"):  # stay put; rise when retreating
+            z_m = push_z if self.phase == "done" else travel_z
+            self.target = np.array([ee_m[0], ee_m[1], z_m])
+        else:
+            z_m = push_z if self.phase == "lower" else travel_z
+            self.target = np.array([behind[0], behind[1], z_m])
+        return self.target
+
+
 class Planner:
     """MPPI (or CEM) over `WorldModel.rollout`; keeps its mean to warm-start the next tick."""
 
@@ -272,12 +365,14 @@ class Planner:
         self._previous_action = self.rest_unit.copy()  # (A,) first action of the last plan
         self._ee_now_m: np.ndarray | None = None  # (3,) measured ee at this tick
         self.marker_memory = MarkerMemory(self.config.marker_memory_distance_m)
+        self.push_guide = PushGuide(self.config)
 
     def observe(self, ee_position_m: np.ndarray) -> None:
         """The measured ee position this tick, before plan(): where the first step starts.
 
         The press cost charges commanded targets off the surface (TaskCost.target_height),
-        and a target is this position plus the first step.
+        and a target is this position plus the first step; the push guide (PushGuide) reads
+        where the pad is from it.
         """
         self._ee_now_m = np.asarray(ee_position_m, dtype=np.float64)
 
@@ -285,12 +380,14 @@ class Planner:
         """Normalised actions in [-1, 1] -> physical units (ACTION_NAMES order)."""
         return self.centre + self.half_range * actions_unit
 
-    def cost_for(self, goal: Goal) -> TaskCost:
+    def cost_for(self, goal: Goal, push_target_m: np.ndarray | None = None) -> TaskCost:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
         if goal.task not in TASK_HEADS:
             raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
         marker_m = self.marker_memory.estimate_m(goal)
-        cost = TaskCost(self.config, goal, *self.workspace, self._ee_now_m, marker_m)
+        cost = TaskCost(
+            self.config, goal, *self.workspace, self._ee_now_m, marker_m, push_target_m
+        )
         needed = list(TASK_HEADS[goal.task])
         if cost.desired_normal_force_n > 0 and "contact_force_n" not in needed:
             needed.append("contact_force_n")
@@ -301,6 +398,16 @@ class Planner:
                 f"'{self.model.manifest.name}' has {sorted(self.model.heads)}"
             )
         return cost
+
+    def _push_target(self, z: np.ndarray, goal: Goal) -> np.ndarray | None:
+        """(3,) the push guide's target for the pad, or None (no push, guide off, or no
+        measured ee: then the push cost aims each sample at the spot behind its block)."""
+        if goal.task != "push" or not self.config.push_guide or self._ee_now_m is None:
+            return None
+        # The block where it is now: its head one tick ahead with the arm standing still.
+        still = self.to_physical(self.rest_unit)[None, None]  # (1, 1, A)
+        block_m = self.model.rollout(z, still)["block_position_m"][0, 0].astype(np.float64)
+        return self.push_guide.target_m(goal, block_m, self._ee_now_m)
 
     def _initial_mean(self, horizon: int) -> np.ndarray:
         """(H, A): last tick's mean shifted by one tick, its last action repeated.
@@ -318,7 +425,8 @@ class Planner:
         Returns an all-finite Plan, or raises PlanningError when the model predicts
         non-finite values (then the next plan starts without a warm start).
         """
-        cfg, score = self.config, self.cost_for(goal)
+        cfg = self.config
+        score = self.cost_for(goal, self._push_target(z, goal))
         K, H, A, E = cfg.samples, cfg.horizon, self.centre.size, cfg.elites
         mean = self._initial_mean(H)  # (H, A)
         std = np.full((H, A), cfg.max_std)  # (H, A)

@@ -484,6 +484,8 @@ class RuntimeNode(LifecycleNode):
                 values[f"violations.{key}"] = str(count)
             if self.config.task == "press":
                 values["marker_memory"] = loop.planner.marker_memory.describe()
+            if self.config.task == "push" and loop.planner.config.push_guide:
+                values["push_guide"] = loop.planner.push_guide.describe()
         if latencies.size:
             values["tick_ms_p50"] = f"{np.percentile(latencies, 50):.2f}"
             values["tick_ms_p99"] = f"{np.percentile(latencies, 99):.2f}"

@@ -109,6 +109,8 @@ class TorchReferencePlanner:
         force_error = torch.abs(actions[..., 3] - desired_n)  # (K, H)
         cost = cost + cfg.command_force_weight_per_n * force_error.sum(dim=1)
         if goal.task == "push":
+            # The push guide (planning.PushGuide) needs the measured ee as well: without it,
+            # as here, both planners aim each sample at the spot behind its block.
             block = heads["block_position_m"]  # (K, H, 3)
             to_goal_xy = goal_m[:2] - block[..., :2]  # (K, H, 2)
             direction = to_goal_xy / torch.clamp(_norm(to_goal_xy)[..., None], min=1e-6)
