@@ -286,7 +286,7 @@ def _push_goal(x_m=0.6, y_m=0.0) -> Goal:
 def test_push_guide_lines_up_lowers_pushes_and_stops_at_the_goal():
     from wmpc.planning import PushGuide
 
-    cfg = config()  # standoff 6 cm, travel 5 cm up, step 1 cm, tolerance 1.5 cm
+    cfg = config(push_step_m=0.01)  # standoff 6 cm, travel 5 cm up, tolerance 1.5 cm
     guide, target = PushGuide(cfg), _push_goal()
     block = np.array([0.5, 0.0, 0.025])  # 10 cm short of the goal, along +x
     # Far and high: to the spot 6 cm behind the block, at travel height.

@@ -241,23 +241,26 @@ def test_estop_latches_until_reset_service(ros, tiny_dir):
     )
 
 
-def test_press_diagnostics_show_the_remembered_marker(ros, tiny_dir):
-    runtime(ros, tiny_dir, autostart=True, task="press")
-    sensors = Sensors(ros)  # the pad 11 cm from the tiny world's marker: in view
+def _task_diagnostic(ros, tiny_dir, task: str, goal_m, key: str, shows: str) -> str:
+    """The runtime planning `task` towards `goal_m`: /diagnostics' `key` once it shows `shows`."""
+    runtime(ros, tiny_dir, autostart=True, task=task)
+    sensors = Sensors(ros)
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", 10)
-    sensors.goal((0.5, 0.0, tiny_model.TABLE_Z_M))
+    sensors.goal(tuple(goal_m))
     ros.wait_until(
-        lambda: (
-            (s := last_status(diagnostics)) is not None
-            and "ticks" in values(s).get("marker_memory", "")
-        ),
+        lambda: (s := last_status(diagnostics)) is not None and shows in values(s).get(key, ""),
         20,
-        "a remembered marker in the diagnostics",
+        f"'{shows}' in the diagnostics' {key}",
     )
+    return values(last_status(diagnostics))[key]
+
+
+def test_press_diagnostics_show_the_remembered_marker(ros, tiny_dir):
+    # The pad starts 11 cm from the tiny world's marker: in view.
+    goal_m = (0.5, 0.0, tiny_model.TABLE_Z_M)
+    shown = _task_diagnostic(ros, tiny_dir, "press", goal_m, "marker_memory", "ticks")
     x_m, y_m = tiny_model.MARKER_M[:2]
-    assert (
-        f"x {x_m:.3f} m, y {y_m:.3f} m from" in values(last_status(diagnostics))["marker_memory"]
-    )
+    assert f"x {x_m:.3f} m, y {y_m:.3f} m from" in shown
 
 
 def test_stale_sensor_holds_with_error(ros, tiny_dir):
@@ -385,17 +388,7 @@ def test_parameter_file_is_read_and_bad_values_are_named(ros, tmp_path):
 
 
 def test_push_diagnostics_show_the_guide(ros, tiny_dir):
-    runtime(ros, tiny_dir, autostart=True, task="push")
-    sensors = Sensors(ros)
-    diagnostics = ros.collect(DiagnosticArray, "/diagnostics", 10)
     block = tiny_model.BLOCK_M
-    sensors.goal((block[0] + 0.1, block[1], block[2]))
-    ros.wait_until(
-        lambda: (
-            (s := last_status(diagnostics)) is not None
-            and "pad to" in values(s).get("push_guide", "")
-        ),
-        20,
-        "the push guide's phase and target in the diagnostics",
-    )
-    assert values(last_status(diagnostics))["push_guide"].startswith("line up: pad to x ")
+    goal_m = (block[0] + 0.1, block[1], block[2])
+    shown = _task_diagnostic(ros, tiny_dir, "push", goal_m, "push_guide", "pad to")
+    assert shown.startswith("line up: pad to x ")

@@ -841,10 +841,10 @@ class PlannerConfig:
         "press: cost per metre of horizontal step, times the predicted contact probability",
         non_negative,
     )
-    # Push with the guide (below) on the tuning seeds 6000-6023, in-process: 14 of 24 with no
-    # block term, 10 of 24 with 30 per m: the model's action-driven block displacement is a
-    # third of the real one and as large for a miss as for a push (README), so the term
-    # mostly rewarded actions the model wrongly believed to move the block.
+    # 0 since the push guide (below): the model's action-driven block displacement is a third
+    # of the real one and as large for a miss as for a push (README), so the term rewards
+    # actions the model wrongly believes to move the block. With the guide on the tuning
+    # seeds 6000-6023 (in-process): 10 of 24 at 30 per m, 9-14 of 24 at 0.
     block_weight_per_m: float = param(
         0.0,
         "push: cost per metre of the predicted block's horizontal distance to the goal",
@@ -873,8 +873,10 @@ class PlannerConfig:
         "than half of it (along the push line) has slipped off the block",
         non_negative,
     )
+    # Tuning seeds 6000-6047 (in-process): 22 of 48 at 1 cm, 28 at 1.5 cm, 30 at 2 cm (the
+    # largest step an action can take): a slower push runs out of time for a second try.
     push_step_m: float = param(
-        0.01, "push: how far ahead of the pad, along the push line, the guide aims", positive
+        0.02, "push: how far ahead of the pad, along the push line, the guide aims", positive
     )
     push_done_m: float = param(
         0.005,
