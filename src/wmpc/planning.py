@@ -269,8 +269,6 @@ class PushGuide:
     push line is fixed when a push begins for the same reason. A new goal starts afresh.
     """
 
-    PHASES = ("line up", "lower", "push", "done", "retreat")
-
     def __init__(self, config: PlannerConfig):
         self.config = config
         self._goal: Goal | None = None
