@@ -88,6 +88,7 @@ def _export_small_model(model_dir, seed: int = 0, with_checkpoint: bool = True):
         LABEL_STD,
         latent_dim=LATENT_DIM,
         hidden_dim=HIDDEN_DIM,
+        ee_index=len(buffer.joint_names),
     )
     net.eval()
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from wmpc.preprocess import (
     modalities_spec,
     n_frames,
     resize_image,
+    with_proprio_fields,
 )
 
 RATE = 16000
@@ -166,3 +167,33 @@ def test_mismatched_observations_and_manifests_name_the_problem():
     stats["proprio"] = {"mean": [0.0] * 16, "std": [0.0] * 16, "shape": [16]}
     with pytest.raises(PreprocessError, match="std > 0"):
         Preprocessor(spec(), stats)
+
+
+def test_a_model_without_the_wrist_wrench_never_reads_it():
+    rng = np.random.default_rng(2)
+    full = Preprocessor(spec(), None)
+    stored = np.stack([full.features(observation(rng))["proprio"] for _ in range(8)])
+    assert stored.shape == (8, 16)  # the dataset stores every field
+    fields = ["joint_position_rad", "ee_position_m"]
+    modalities = with_proprio_fields(spec(), tuple(fields))
+    assert modalities["proprio"]["fields"] == fields and modalities["proprio"]["size"] == 10
+    stats = {
+        **{n: {"mean": [0.0], "std": [1.0], "shape": [1]} for n in INPUT_NAMES},
+        "proprio": {"mean": [0.0] * 10, "std": [2.0] * 10, "shape": [10]},
+    }
+    pre = Preprocessor(modalities, stats)
+    assert pre.input_shapes["proprio"] == (10,)
+    # Stored features: the prefix the model takes; an observation: only those fields built.
+    np.testing.assert_array_equal(pre.take_proprio(stored), stored[:, :10])
+    obs = observation(rng)
+    built = pre.features(obs)["proprio"]
+    np.testing.assert_array_equal(built, full.features(obs)["proprio"][:10])
+    pushed = types.Observation(**{**obs.__dict__, "wrench_wrist": types.Wrench.zero()})
+    np.testing.assert_array_equal(pre(pushed)["proprio"], pre(obs)["proprio"])
+    with pytest.raises(PreprocessError, match="proprio features have 12 values"):
+        pre.take_proprio(np.zeros((2, 12), np.float32))
+
+    wrench_only = spec()
+    wrench_only["proprio"]["fields"] = ["joint_position_rad", "wrench_wrist"]
+    with pytest.raises(PreprocessError, match="fields"):
+        Preprocessor(wrench_only, None)

@@ -96,3 +96,16 @@ def test_bad_training_settings_are_named(episodes):
         TrainConfig(held_out_fraction=1.0)
     with pytest.raises(ValueError, match="no training window of 101 consecutive ticks"):
         run(episodes, horizon=100)
+
+
+def test_training_without_the_wrist_wrench_drops_it_from_the_input(episodes):
+    result = run(episodes, proprio_wrench=False)
+    proprio = result.modalities["proprio"]
+    joints = len(proprio["joint_names"])
+    assert proprio["fields"] == ["joint_position_rad", "ee_position_m"]
+    assert result.net.input_shapes["proprio"] == (joints + 3,)
+    assert len(result.normalisation["proprio"]["mean"]) == joints + 3
+    assert result.net.ee_index == joints  # the ee position still lands in z
+    with_wrench = run(episodes)
+    assert with_wrench.net.input_shapes["proprio"] == (joints + 9,)
+    assert with_wrench.net.ee_index == joints

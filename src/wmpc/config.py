@@ -701,6 +701,11 @@ class TrainConfig:
         non_negative,
     )
     num_threads: int = param(2, "torch CPU threads (fixed so results are reproducible)", positive)
+    proprio_wrench: bool = param(
+        True,
+        "feed the wrist wrench to the proprio input; false: the model reads contact force "
+        "from touch and audio alone",
+    )
     control_period_s: float = param(0.05, "tick spacing of the dataset (s)", positive)
     contact_threshold_n: float = param(
         0.5, "contact label when no privileged contact flag exists: force above this", positive

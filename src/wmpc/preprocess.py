@@ -12,7 +12,12 @@ Model inputs (float32), with N the batch:
   image   (N, 3, H, W)          pixels / 255, normalised per channel
   audio   (N, n_mels, frames)   ln(mel power + log_offset), normalised per mel band
   tactile (N, rows, cols, 3)    taxel xyz, normalised per taxel and axis
-  proprio (N, J + 3 + 6)        joint positions (rad), ee position (m), wrist wrench (N, N m)
+  proprio (N, J + 3 [+ 6])      joint positions (rad), ee position (m)[, wrist wrench (N, N m)]
+
+The wrist wrench is optional (manifest `modalities.proprio.fields`): a model trained without
+it must read contact force from touch and audio alone. Stored features (the dataset's) always
+carry every field; the fields a model takes are a prefix of them, so `normalise` keeps that
+prefix.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from wmpc.errors import WmpcError
 from wmpc.types import Observation
 
 INPUT_NAMES = ("image", "audio", "tactile", "proprio")
-PROPRIO_FIELDS = ("joint_position_rad", "ee_position_m", "wrench_wrist")
+PROPRIO_FIELDS = ("joint_position_rad", "ee_position_m", "wrench_wrist")  # the stored layout
+# The field lists a model may take, each a prefix of PROPRIO_FIELDS (the ee position then
+# sits at the same index, where the network copies it into z).
+PROPRIO_CHOICES = (PROPRIO_FIELDS, PROPRIO_FIELDS[:2])
+WRENCH_SIZE = 6
 TACTILE_CHANNELS = 3
 
 
@@ -120,10 +129,29 @@ def resize_image(image_rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 # ---- the modalities a model takes --------------------------------------------------------
 
 
+def proprio_size(joint_count: int, fields: tuple[str, ...]) -> int:
+    """Length of the proprio vector with these fields (one of PROPRIO_CHOICES)."""
+    if fields not in PROPRIO_CHOICES:
+        raise PreprocessError(
+            f"proprio fields {list(fields)} are not ones this runtime builds; choose one of "
+            f"{[list(c) for c in PROPRIO_CHOICES]}"
+        )
+    return joint_count + 3 + (WRENCH_SIZE if "wrench_wrist" in fields else 0)
+
+
+def with_proprio_fields(modalities: Mapping[str, Any], fields: tuple[str, ...]) -> dict:
+    """A copy of a `modalities` section whose proprio input takes `fields`."""
+    proprio = dict(modalities["proprio"])
+    proprio["fields"] = list(fields)
+    proprio["size"] = proprio_size(len(proprio["joint_names"]), tuple(fields))
+    return {**modalities, "proprio": proprio}
+
+
 def modalities_spec(
     buffer: SensorBufferConfig, pre: PreprocessConfig, tactile_rows: int, tactile_cols: int
 ) -> dict[str, Any]:
-    """The manifest's `modalities` section for these settings and tactile grid."""
+    """The manifest's `modalities` section for these settings and tactile grid (every
+    proprio field: what the dataset stores)."""
     return {
         "image": {
             "topic": buffer.image_topic,
@@ -155,7 +183,7 @@ def modalities_spec(
         "proprio": {
             "joint_names": list(buffer.joint_names),
             "fields": list(PROPRIO_FIELDS),
-            "size": len(buffer.joint_names) + 3 + 6,
+            "size": proprio_size(len(buffer.joint_names), PROPRIO_FIELDS),
         },
     }
 
@@ -234,13 +262,14 @@ class Preprocessor:
                 f"feeds {TACTILE_CHANNELS} (x, y, z) per taxel"
             )
         self.joint_names = tuple(_require(proprio, "joint_names", "proprio"))
-        fields = tuple(_require(proprio, "fields", "proprio"))
-        if fields != PROPRIO_FIELDS:
+        self.proprio_fields = tuple(_require(proprio, "fields", "proprio"))
+        if self.proprio_fields not in PROPRIO_CHOICES:
             raise PreprocessError(
-                f"manifest modalities.proprio.fields = {list(fields)}; this runtime builds "
-                f"{list(PROPRIO_FIELDS)}"
+                f"manifest modalities.proprio.fields = {list(self.proprio_fields)}; this "
+                f"runtime builds one of {[list(c) for c in PROPRIO_CHOICES]}"
             )
-        self.proprio_size = len(self.joint_names) + 3 + 6
+        self.proprio_size = proprio_size(len(self.joint_names), self.proprio_fields)
+        self._stored_proprio_size = proprio_size(len(self.joint_names), PROPRIO_FIELDS)
         expected = {
             "image": (3, *self.image_hw),
             "audio": (
@@ -314,9 +343,10 @@ class Preprocessor:
                 f"observation joint_position_rad has {obs.joint_position_rad.shape} values; "
                 f"the model takes {len(self.joint_names)} ({list(self.joint_names)})"
             )
-        proprio = np.concatenate(
-            [obs.joint_position_rad, obs.ee_pose.position_m, obs.wrench_wrist.as_array()]
-        ).astype(np.float32)
+        parts = [obs.joint_position_rad, obs.ee_pose.position_m]
+        if "wrench_wrist" in self.proprio_fields:
+            parts.append(obs.wrench_wrist.as_array())
+        proprio = np.concatenate(parts).astype(np.float32)
         return {
             "image": resize_image(image, *self.image_hw),
             "audio": log_mel(obs.audio, self.filterbank, self.n_fft, self.hop, self.log_offset),
@@ -331,12 +361,26 @@ class Preprocessor:
         image = np.asarray(features["image"], dtype=np.float32) * np.float32(1.0 / 255.0)
         image = np.moveaxis(image, -1, -3)  # (..., H, W, 3) -> (..., 3, H, W)
         out = {"image": image}
-        for name in ("audio", "tactile", "proprio"):
+        for name in ("audio", "tactile"):
             out[name] = np.asarray(features[name], dtype=np.float32)
+        out["proprio"] = self.take_proprio(np.asarray(features["proprio"], dtype=np.float32))
         return {
             name: np.ascontiguousarray((x - self._mean[name]) * self._inv_std[name])
             for name, x in out.items()
         }
+
+    def take_proprio(self, proprio: np.ndarray) -> np.ndarray:
+        """(..., P) proprio features -> the model's fields: as they are, or the prefix it
+        takes of stored ones (every field)."""
+        size = proprio.shape[-1]
+        if size == self.proprio_size:
+            return proprio
+        if size == self._stored_proprio_size:
+            return proprio[..., : self.proprio_size]
+        raise PreprocessError(
+            f"proprio features have {size} values; the model takes {self.proprio_size} "
+            f"({list(self.proprio_fields)} for {len(self.joint_names)} joints)"
+        )
 
     def __call__(self, obs: Observation) -> dict[str, np.ndarray]:
         """Model inputs for one observation, each with a batch dimension of 1."""

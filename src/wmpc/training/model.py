@@ -114,17 +114,24 @@ class WorldModelNet(nn.Module):
         latent_dim: int = 64,
         hidden_dim: int = 256,
         *,
+        ee_index: int,
         ee_input_mean: Sequence[float] = (0.0, 0.0, 0.0),
         ee_input_std: Sequence[float] = (1.0, 1.0, 1.0),
     ):
         """`label_mean`/`label_std`: per head in LABEL_STATS (other keys are ignored).
+        `ee_index`: where the ee position starts in the proprio input (after the joints).
         `ee_input_mean`/`ee_input_std`: the proprio input's normalisation of the ee position
         (the default, identity, is for inputs that are not normalised)."""
         super().__init__()
         self.input_shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
         self.latent_dim = latent_dim
-        # proprio = joint positions (J), ee position (3), wrist wrench (6)
-        self.ee_index = int(np.prod(self.input_shapes["proprio"])) - EE_DIMS - 6
+        # proprio = joint positions (J), ee position (3)[, wrist wrench (6)]
+        self.ee_index = int(ee_index)
+        if not 0 <= self.ee_index <= int(np.prod(self.input_shapes["proprio"])) - EE_DIMS:
+            raise ValueError(
+                f"ee_index {ee_index} leaves no ee position in a proprio input of "
+                f"{self.input_shapes['proprio']}"
+            )
         learned = latent_dim - EE_DIMS
         if learned < 1:
             raise ValueError(f"latent_dim must exceed {EE_DIMS}, got {latent_dim}")

@@ -26,7 +26,13 @@ import torch
 from torch.nn import functional
 
 from wmpc.config import PreprocessConfig, TrainConfig
-from wmpc.preprocess import INPUT_NAMES, Preprocessor, compute_normalisation
+from wmpc.preprocess import (
+    INPUT_NAMES,
+    PROPRIO_FIELDS,
+    Preprocessor,
+    compute_normalisation,
+    with_proprio_fields,
+)
 from wmpc.training.dataset import (
     ACTION_HIGH,
     ACTION_LOW,
@@ -125,7 +131,7 @@ def ee_input_statistics(
     pre: Preprocessor, normalisation: dict[str, Any]
 ) -> tuple[list[float], list[float]]:
     """The proprio input's normalisation (mean, std) of the ee position."""
-    index = len(pre.joint_names)  # proprio = joint positions, ee position, wrench
+    index = len(pre.joint_names)  # proprio = joint positions, ee position[, wrench]
     proprio = normalisation["proprio"]
     return proprio["mean"][index : index + 3], proprio["std"][index : index + 3]
 
@@ -243,7 +249,10 @@ def train(
             "episodes; collect longer episodes or lower the horizon"
         )
     val = stack_episodes(held_out, horizon) if held_out else None
-    modalities = train_episodes[0].meta["modalities"]
+    fields = PROPRIO_FIELDS if config.proprio_wrench else PROPRIO_FIELDS[:2]
+    modalities = with_proprio_fields(train_episodes[0].meta["modalities"], fields)
+    pre = Preprocessor(modalities, None)
+    data.features["proprio"] = pre.take_proprio(data.features["proprio"])
     normalisation = compute_normalisation(data.features, preprocess.min_std)
     pre = Preprocessor(modalities, normalisation)
     label_mean, label_std = label_statistics(data)
@@ -256,6 +265,7 @@ def train(
         label_std,
         latent_dim=config.latent_dim,
         hidden_dim=config.hidden_dim,
+        ee_index=len(pre.joint_names),
         ee_input_mean=ee_mean,
         ee_input_std=ee_std,
     )
@@ -427,6 +437,7 @@ def load_checkpoint(path: Path) -> WorldModelNet:
         saved["label_std"],
         latent_dim=saved["latent_dim"],
         hidden_dim=saved["hidden_dim"],
+        ee_index=len(saved["modalities"]["proprio"]["joint_names"]),
         ee_input_mean=saved["ee_input_mean"],
         ee_input_std=saved["ee_input_std"],
     )
