@@ -739,18 +739,6 @@ class WorldModel:
         feed = _feed(self.manifest.inputs["encoder"], inputs, "encode")
         return self.encoder_session.run(None, feed)[0]
 
-    def latents(self, z: np.ndarray, k: int) -> np.ndarray:
-        """z (1 or K, latent) -> (K, latent) contiguous float32, as rollout feeds it (a
-        planner repeating one z over its iterations makes it once)."""
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.latent_dim or z.shape[0] not in (1, k):
-            raise ModelInputError(
-                f"rollout z must be (1 or {k}, {self.latent_dim}), got {z.shape}"
-            )
-        if z.shape[0] != k:
-            z = np.broadcast_to(z, (k, self.latent_dim))  # (K, latent)
-        return np.ascontiguousarray(z)
-
     def rollout(self, z: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         """z (1 or K, latent), actions (K, H, A) physical -> head -> (K, H, ...); one run."""
         actions = np.asarray(actions, dtype=np.float32)
@@ -759,7 +747,14 @@ class WorldModel:
                 f"rollout actions must be (K, H, {self.action_space.dim}), got {actions.shape}"
             )
         k, h = actions.shape[:2]
-        feed = {"z": self.latents(z, k), "actions": np.ascontiguousarray(actions)}
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim or z.shape[0] not in (1, k):
+            raise ModelInputError(
+                f"rollout z must be (1 or {k}, {self.latent_dim}), got {z.shape}"
+            )
+        if z.shape[0] != k:
+            z = np.broadcast_to(z, (k, self.latent_dim))  # (K, latent)
+        feed = {"z": np.ascontiguousarray(z), "actions": np.ascontiguousarray(actions)}
         out = self.rollout_session.run(None, feed)
         heads = dict(zip(self._head_names, out, strict=True))
         for name, value in heads.items():

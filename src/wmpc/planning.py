@@ -60,14 +60,6 @@ def _norm(x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
     return np.sqrt(total)
 
 
-def _by_component(x: np.ndarray) -> np.ndarray:
-    """x (K, H, C) as float64 with the same shape, laid out component by component, so
-    that each x[..., c] the cost terms read is one contiguous block (see _norm on why)."""
-    out = np.empty((x.shape[-1], *x.shape[:-1]))  # (C, K, H)
-    np.copyto(out, np.moveaxis(x, -1, 0))
-    return np.moveaxis(out, 0, -1)
-
-
 @dataclass(frozen=True)
 class TaskCost:
     """Cost of K predicted rollouts for one goal: one method per model head.
@@ -189,18 +181,17 @@ class TaskCost:
     ) -> np.ndarray:
         """(K,) total cost over the horizon; non-finite predictions cost +inf."""
         # float64 as the search (the model answers in float32); mixed-type numpy ops are slower.
-        # The cost is summed per component ([..., c]), hence _by_component.
-        ee = _by_component(heads["ee_position_m"])
+        ee = heads["ee_position_m"].astype(np.float64)
         per_tick = self.workspace(ee) + self.smoothness(actions_unit, previous_unit)  # (K, H)
         per_tick += self.commanded_force(actions)
         if self.goal.task == "push":
-            per_tick += self.block_to_goal(_by_component(heads["block_position_m"]), ee)
+            per_tick += self.block_to_goal(heads["block_position_m"].astype(np.float64), ee)
             if self.push_target_m is not None:
                 per_tick += self.target_height(ee, actions)
         else:
             per_tick += self.ee_position(ee)
         if self.goal.task == "press":
-            per_tick += self.marker_alignment(_by_component(heads["marker_rel_m"]), ee)
+            per_tick += self.marker_alignment(heads["marker_rel_m"].astype(np.float64), ee)
             per_tick += self.target_height(ee, actions)
             if self.config.press_slide_weight_per_m > 0 and "contact_prob" in heads:
                 per_tick += self.sliding(heads["contact_prob"].astype(np.float64), actions)
@@ -385,16 +376,7 @@ class Planner:
 
     def to_physical(self, actions_unit: np.ndarray) -> np.ndarray:
         """Normalised actions in [-1, 1] -> physical units (ACTION_NAMES order)."""
-        unit = np.asarray(actions_unit)
-        if unit.ndim < 2:
-            return self.centre + self.half_range * unit
-        # (..., H, A) as rows of H x A values: a broadcast over a last axis of A = 4 runs
-        # slowly (see _norm); one of H x A values per row runs at about half the cost.
-        steps = unit.shape[-2]
-        rows = unit.reshape(-1, steps * unit.shape[-1])
-        physical = np.tile(self.half_range, steps) * rows
-        physical += np.tile(self.centre, steps)
-        return physical.reshape(unit.shape)
+        return self.centre + self.half_range * actions_unit
 
     def cost_for(self, goal: Goal, push_target_m: np.ndarray | None = None) -> TaskCost:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
@@ -446,13 +428,12 @@ class Planner:
         K, H, A, E = cfg.samples, cfg.horizon, self.centre.size, cfg.elites
         mean = self._initial_mean(H)  # (H, A)
         std = np.full((H, A), cfg.max_std)  # (H, A)
-        z_k = self.model.latents(z, K)  # (K, latent): every sample starts from z
         for _ in range(cfg.iterations):
             noise = self.rng.standard_normal((K, H, A))
             samples = np.clip(mean + std * noise, -1.0, 1.0)  # (K, H, A)
             samples[0] = mean  # keep the incumbent
             actions = self.to_physical(samples)  # (K, H, A) physical
-            heads = self.model.rollout(z_k, actions)  # head -> (K, H, ...)
+            heads = self.model.rollout(z, actions)  # head -> (K, H, ...)
             cost = score(heads, actions, samples, self._previous_action)  # (K,)
             self._require_finite(cost)
             elite = np.argpartition(cost, E - 1)[:E]  # (E,)
