@@ -35,6 +35,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, WrenchStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -121,11 +122,24 @@ class SimNode(Node):
         self._wrench_command: tuple[float, types.Wrench] | None = None
         self._estop = False
         self._estop_hold: types.Pose | None = None
-        self.create_subscription(PoseStamped, "/arm/pose_command", self._on_pose, COMMAND_QOS)
+        # Their own callback group: the stepping timer is due again as soon as it returns
+        # (always, when running flat out), and rclpy's executors serve a ready timer before a
+        # ready subscription of the same group, so commands and the e-stop once waited seconds
+        # behind it (up to 2.1 s for an e-stop, measured). Callbacks only store values.
+        inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
-            WrenchStamped, "/arm/wrench_command", self._on_wrench, COMMAND_QOS
+            PoseStamped, "/arm/pose_command", self._on_pose, COMMAND_QOS, callback_group=inputs
         )
-        self.create_subscription(Bool, "/wmpc/estop", self._on_estop, LATCHED_QOS)
+        self.create_subscription(
+            WrenchStamped,
+            "/arm/wrench_command",
+            self._on_wrench,
+            COMMAND_QOS,
+            callback_group=inputs,
+        )
+        self.create_subscription(
+            Bool, "/wmpc/estop", self._on_estop, LATCHED_QOS, callback_group=inputs
+        )
 
         # Sim time keeps running across episode resets (the world restarts at 0 each time).
         self._time_offset_s = 0.0
