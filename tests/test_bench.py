@@ -182,7 +182,9 @@ def test_planner_section_reports_every_figure(model_dir, model):
 
 
 def test_plan_flops_are_the_networks_matrix_products(model):
-    """2 x multiply-accumulates of dynamics, head trunk and heads, per sample and step."""
+    """2 x multiply-accumulates of dynamics, head trunk and heads, per sample and step, and
+    of the exported graph's three small constant products (StepGraph, RolloutPrelude,
+    RolloutHeads)."""
     action_dim = len(ACTION_LOW)
     # The ee position is carried in the latent (no Linear head), so it costs no product.
     head_sizes = sum(size for name, (size, _) in HEADS.items() if name != "ee_position_m")
@@ -193,6 +195,8 @@ def test_plan_flops_are_the_networks_matrix_products(model):
         + LATENT_DIM * HIDDEN_DIM
         + HIDDEN_DIM * head_sizes
     )
+    # z + gain x step on the latent, the action scaling, the ee in metres
+    macs_per_step += action_dim * LATENT_DIM + action_dim * action_dim + 3 * 3
     config = PlannerConfig(samples=512, iterations=6, horizon=3)
     expected = 2 * macs_per_step * config.horizon * (config.iterations * config.samples + 1)
     assert plan_flops(model, config) == expected

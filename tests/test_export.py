@@ -34,7 +34,7 @@ def test_graphs_pass_the_checker_with_dynamic_batch_and_horizon(exported):
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [v.name for v in encoder.graph.input] == list(INPUT_NAMES)
     assert [v.name for v in rollout.graph.output] == list(HEADS)
-    assert [n.op_type for n in rollout.graph.node] == ["Scan"]
+    assert [n.op_type for n in rollout.graph.node].count("Scan") == 1
     inputs, outputs = manifest.graph_io(out / export.ROLLOUT_FILE)
     assert inputs == [
         {"name": "z", "shape": [None, 16], "dtype": "float32"},
@@ -62,8 +62,8 @@ def test_step_graph_round_trips_through_the_scan(exported, tmp_path):
     result, out, _ = exported
     rollout = onnx.load(out / export.ROLLOUT_FILE)
     step = export.step_from_rollout(rollout)
-    assert [v.name for v in step.graph.input] == ["z", "action"]
-    rebuilt = export.rollout_from_step(step, 16, 4)
+    assert [v.name for v in step.graph.input] == ["z", "action_unit"]
+    rebuilt = export.with_step(rollout, step)
     onnx.save(rebuilt, tmp_path / "rebuilt.onnx")
     z = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     actions = np.full((3, 6, 4), 0.01, np.float32)
@@ -71,13 +71,19 @@ def test_step_graph_round_trips_through_the_scan(exported, tmp_path):
     second = session(tmp_path / "rebuilt.onnx").run(None, {"z": z, "actions": actions})
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
-    # The step alone reproduces the first column of the rollout.
-    step_out = session(step.SerializeToString()).run(None, {"z": z, "action": actions[:, 0]})
+    # The step alone, fed the action scaled to [-1, 1], advances z as the torch network does
+    # and carries the ee the rollout's first column reports.
+    net = result.net
+    unit = (torch.from_numpy(actions[:, 0]) - net.action_centre) / net.action_half_range
+    z_next, ee, _ = session(step.SerializeToString()).run(
+        None, {"z": z, "action_unit": unit.numpy()}
+    )
     with torch.no_grad():
-        expected = result.net.step(torch.from_numpy(z), torch.from_numpy(actions[:, 0]))
-    for got, want in zip(step_out, expected, strict=True):
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
-    np.testing.assert_allclose(step_out[1], first[0][:, 0], atol=1e-6)
+        expected = net.next(torch.from_numpy(z), torch.from_numpy(actions[:, 0]))
+    np.testing.assert_allclose(z_next, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(ee, z_next[:, -3:])
+    ee_m = ee * net.ee_input_std.numpy() + net.ee_input_mean.numpy()
+    np.testing.assert_allclose(ee_m, first[0][:, 0], atol=1e-6)
 
 
 def test_wmpc_train_writes_a_manifest_that_matches_its_files(synthetic_bags, tmp_path, capsys):

@@ -260,15 +260,50 @@ class EncoderGraph(nn.Module):
         return self.net.encode(image, audio, tactile, proprio)
 
 
+class RolloutPrelude(nn.Module):
+    """What rollout.onnx does before its Scan: physical actions (K, H, A) -> [-1, 1].
+
+    Once for the whole horizon instead of once per step (`WorldModelNet.next` scales inside),
+    and as one product with a diagonal matrix on the (K H, A) rows: ONNX Runtime's element-wise
+    ops broadcasting an (A,) vector over a last axis of 4 cost 3x as much.
+    """
+
+    def __init__(self, net: WorldModelNet):
+        super().__init__()
+        self.register_buffer("scale", torch.diag(1.0 / net.action_half_range))  # (A, A)
+        self.register_buffer("shift", -net.action_centre / net.action_half_range)  # (A,)
+
+    def forward(self, actions):
+        """(K, H, A) in units -> (K, H, A) in [-1, 1] over the action bounds."""
+        rows = torch.addmm(self.shift, actions.reshape(-1, self.shift.shape[0]), self.scale)
+        return rows.reshape_as(actions)
+
+
 class StepGraph(nn.Module):
     """One rollout step, the body that rollout.onnx scans over the horizon.
 
-    `WorldModelNet.step` arranged for inference, with the weights it has when this is made:
-    the four head layers become one layer (their outputs side by side) with each regression
-    head's label scaling folded into its rows, so each step runs one small matrix product
-    and no scale/shift ops for the heads instead of four products and six element-wise ops.
-    With per-channel int8 weights a row's scale takes the folded factor along. Same outputs
-    to float rounding (export.compare_with_torch); the fp32 rollout ran 17 % faster.
+    `WorldModelNet.next` and the head layers, arranged for inference with the weights they
+    have when this is made: the same values to float rounding (export.compare_with_torch),
+    in fewer graph nodes. At K = 512 an element-wise node on a few columns (a slice, a scale,
+    an add) costs ONNX Runtime about a third of one of the step's matrix products, so
+    - the commanded ee step (gain x step, on the ee part of z) enters as one product with a
+      constant matrix that also adds z, in place of a slice, a scale and two adds; its
+      constant part (the action centre's) is folded into the last dynamics layer's bias;
+    - the four head layers become one layer, their outputs side by side, with each
+      regression head's label scaling folded into its rows (with per-channel int8 weights a
+      row's scale takes the factor along);
+    - what is left of the heads (the ee in metres, the marker made relative to it, the
+      contact sigmoid) runs once on the whole horizon after the Scan (`RolloutHeads`), and
+      the action scaling once before it (`RolloutPrelude`);
+    - the head trunk reads its own copy of z' (`trunk_in`), so INT8 quantization can round
+      its input to 8 bits (an int8 product) while z' itself, the state carried to the next
+      step, stays float (`wmpc.training.quantize.quantize_graph` keeps graph outputs' readers
+      in float, since ONNX Runtime's rounding is shared by all readers of a tensor).
+    Measured against the step before these changes (rollout K = 512, H = 3, both files
+    timed interleaved in one process): int8 0.80-0.86x the time, fp32 0.86-0.90x; int8
+    held-out errors up by 0.1 % (force) and 1 % (marker) at h1, from the trunk's rounding.
+    Takes the action already scaled to [-1, 1]; returns the next z, its ee part (normalised,
+    for RolloutHeads) and the head layer's outputs.
     """
 
     def __init__(self, net: WorldModelNet):
@@ -278,6 +313,7 @@ class StepGraph(nn.Module):
             raise ValueError(
                 f"StepGraph fuses the heads {HEAD_LAYERS}; the network has {list(net.heads)}"
             )
+        latent, actions = net.latent_dim, int(net.action_centre.shape[0])
         weights, biases = [], []
         with torch.no_grad():
             for name in HEAD_LAYERS:
@@ -290,15 +326,51 @@ class StepGraph(nn.Module):
             self.heads = nn.Linear(weights[0].shape[1], sum(w.shape[0] for w in weights))
             self.heads.weight.copy_(torch.cat(weights))
             self.heads.bias.copy_(torch.cat(biases))
+            # ee' += gain * (centre + half_range * unit) for the translation components.
+            gain = net.step_gain.detach()
+            step_matrix = torch.zeros(actions, latent)
+            ee_columns = torch.arange(latent - EE_DIMS, latent)
+            step_matrix[torch.arange(EE_DIMS), ee_columns] = gain * net.action_half_range[:EE_DIMS]
+            self.register_buffer("step_matrix", step_matrix)  # (A, L)
+            last = net.dynamics[-1]
+            self.last = nn.Linear(last.in_features, last.out_features)
+            self.last.weight.copy_(last.weight)
+            self.last.bias.copy_(last.bias)
+            self.last.bias[ee_columns] += gain * net.action_centre[:EE_DIMS]
+        self.hidden = net.dynamics[:-1]
         self.sizes = [w.shape[0] for w in weights]
 
-    def forward(self, z, action):
-        """z (K, L), action (K, A) -> (z', heads in HEADS order, in units)."""
+    def forward(self, z, action_unit):
+        """z (K, L), action (K, A) in [-1, 1] -> (z', ee part of z' (K, 3), head layer)."""
         net = self.net
-        z_next = net.next(z, action)
-        outputs = self.heads(net.head_trunk(z_next))
-        force, logit, marker, block = torch.split(outputs, self.sizes, dim=1)
-        ee = z_next[:, -EE_DIMS:] * net.ee_input_std + net.ee_input_mean
+        hidden = self.hidden(torch.cat([z, action_unit], dim=1))
+        moved = torch.addmm(z, action_unit, self.step_matrix) + self.last(hidden)
+        learned, ee = torch.split(moved, [net.latent_dim - EE_DIMS, EE_DIMS], dim=1)
+        normed = net.dynamics_norm(learned)
+        z_next = torch.cat([normed, ee], dim=1)
+        trunk_in = torch.cat([normed, ee], dim=1)  # a copy of z' for int8 (see above)
+        return z_next, ee, self.heads(net.head_trunk(trunk_in))
+
+
+class RolloutHeads(nn.Module):
+    """What rollout.onnx does after its Scan: the step outputs of every tick -> the heads.
+
+    (K, H, 3) normalised ee and (K, H, n) head-layer outputs -> every head in HEADS order, in
+    units (as `WorldModelNet.heads_in_units`), once for the whole horizon.
+    """
+
+    def __init__(self, step: StepGraph):
+        super().__init__()
+        self.sizes = step.sizes
+        self.register_buffer("ee_scale", torch.diag(step.net.ee_input_std))  # (3, 3)
+        self.register_buffer("ee_mean", step.net.ee_input_mean.clone())  # (3,)
+
+    def forward(self, ee_latent, outputs):
+        """(K, H, 3), (K, H, n) -> heads, each (K, H, size)."""
+        force, logit, marker, block = torch.split(outputs, self.sizes, dim=2)
+        # As in RolloutPrelude: a product on rows, not a broadcast over a last axis of 3.
+        rows = torch.addmm(self.ee_mean, ee_latent.reshape(-1, EE_DIMS), self.ee_scale)
+        ee = rows.reshape_as(ee_latent)
         heads = {
             "ee_position_m": ee,
             "contact_force_n": force,
@@ -306,4 +378,4 @@ class StepGraph(nn.Module):
             "marker_rel_m": marker - ee,
             "block_position_m": block,
         }
-        return (z_next, *(heads[name] for name in HEADS))
+        return tuple(heads[name] for name in HEADS)

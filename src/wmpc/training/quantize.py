@@ -33,9 +33,10 @@ from wmpc.training.dataset import ACTION_HIGH, ACTION_LOW, Episode
 from wmpc.training.export import (
     ENCODER_FILE,
     ROLLOUT_FILE,
+    STEP_INPUTS,
     STEP_OUTPUTS,
-    rollout_from_step,
     step_from_rollout,
+    with_step,
 )
 from wmpc.training.metrics import HORIZONS, PRIVILEGED_HEADS, window_errors
 from wmpc.training.model import HEADS
@@ -119,6 +120,7 @@ def calibration_data(
     step = session(step_from_rollout(onnx.load(model_dir / ROLLOUT_FILE)).SerializeToString())
     rng = np.random.default_rng(seed)
     low, high = np.array(ACTION_LOW, np.float32), np.array(ACTION_HIGH, np.float32)
+    centre, half_range = (high + low) / 2, (high - low) / 2
     encoder_batches, step_batches = [], []
     for index, rows in _calibration_rows(episodes, CALIBRATION_TICKS):
         episode = episodes[index]
@@ -135,7 +137,9 @@ def calibration_data(
                         action = episode.arrays["action"][np.minimum(chunk + h, episode.ticks - 1)]
                     else:
                         action = rng.uniform(low, high, size=(chunk.size, low.size))
-                    feed = {"z": z, "action": action.astype(np.float32)}
+                    # The step takes actions scaled to [-1, 1] (RolloutPrelude does it).
+                    unit = (action - centre) / half_range
+                    feed = dict(zip(STEP_INPUTS, (z, unit.astype(np.float32)), strict=True))
                     step_batches.append(feed)
                     z = step.run([STEP_OUTPUTS[0]], feed)[0]
     return encoder_batches, step_batches
@@ -153,12 +157,21 @@ def quantize_graph(model: onnx.ModelProto, out_path: Path, batches: list[dict]) 
         quant_pre_process(str(source), str(prepared))
         # Tensors that also flow on unquantized into the latent must not be rounded to 8 bits
         # for their quantized readers (ONNX Runtime shares that rounding with every reader):
-        # the state z' (a graph output, read again by the heads) and the ee position sliced
-        # from the proprio input. Their readers stay fp32; everything else is INT8.
+        # the state z' (a graph output; the head trunk reads a copy of it instead, see
+        # StepGraph) and the ee position sliced from the proprio input. Their readers stay
+        # fp32; everything else is INT8.
         graph = onnx.load(prepared).graph
         keep = {value.name for value in graph.output}
         keep |= {n.input[0] for n in graph.node if n.op_type == "Slice"}
         float_nodes = [n.name for n in graph.node if keep.intersection(n.input)]
+        # A product that adds a computed tensor (the step's z + gain x step, StepGraph) is
+        # exact bookkeeping of the commanded step, not a learned layer: it stays fp32.
+        constants = {init.name for init in graph.initializer}
+        float_nodes += [
+            n.name
+            for n in graph.node
+            if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2] not in constants
+        ]
         quantize_static(
             str(prepared),
             str(out_path),
@@ -187,12 +200,10 @@ def quantize_model(
     paths = {"encoder": model_dir / ENCODER_INT8_FILE, "rollout": model_dir / ROLLOUT_INT8_FILE}
     quantize_graph(onnx.load(model_dir / ENCODER_FILE), paths["encoder"], encoder_batches)
     rollout = onnx.load(model_dir / ROLLOUT_FILE)
-    latent_dim = rollout.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    action_dim = rollout.graph.input[1].type.tensor_type.shape.dim[2].dim_value
     with tempfile.TemporaryDirectory(prefix="wmpc_quant_") as tmp:
         step_int8 = Path(tmp) / "step.int8.onnx"
         quantize_graph(step_from_rollout(rollout), step_int8, step_batches)
-        wrapped = rollout_from_step(onnx.load(step_int8), latent_dim, action_dim)
+        wrapped = with_step(rollout, onnx.load(step_int8))
     onnx.checker.check_model(wrapped, full_check=True)
     onnx.save(wrapped, paths["rollout"])
     onnx.checker.check_model(onnx.load(paths["encoder"]), full_check=True)
