@@ -109,3 +109,41 @@ def test_malformed_message_is_rejected_not_raised(tiny_dir):
     reason = loop.offer("image", bad, 10.0)
     assert reason is not None and "data" in reason
     assert loop.counters()["rejected"]["/camera/image_raw"] == 1
+
+
+def test_a_model_trained_without_the_wrist_wrench_runs_without_the_sensor(
+    synthetic_bags, tmp_path
+):
+    """`proprio_wrench: false` end to end: `wmpc train` makes the model, and the control loop
+    plans with no wrist wrench ever received (a robot without a wrist force sensor)."""
+    from wmpc.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text("wmpc_train:\n  ros__parameters:\n    proprio_wrench: false\n")
+    out = tmp_path / "nowrench"
+    argv = ["train", str(synthetic_bags), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--horizon", "2", "--config", str(config)]) == 0
+    model = WorldModel.load(out, providers=["CPUExecutionProvider"])
+    assert model.modalities["proprio"]["fields"] == ["joint_position_rad", "ee_position_m"]
+    planner = PlannerConfig(samples=64, iterations=2, horizon=3)
+    loop = ControlLoop(model, planner, SafetyConfig(), SensorBufferConfig(), "reach")
+    assert not loop.buffer.wrench_required
+    feed = SensorFeed(ee_position_m=(0.5, 0.0, 0.2))
+    goal = goal_at((0.6, 0.0, 0.2))
+    results = []
+    for i in range(4):
+        now = 100.0 + 0.05 * i
+        for modality, msg in feed.all_at(now):
+            if modality != "wrench":
+                assert loop.offer(modality, msg, now) is None
+        results.append(loop.tick(now, goal))
+    assert all(r.plan is not None for r in results), [r.problems for r in results]
+    assert not results[-1].command.hold, results[-1].violations
+    # A model that reads the wrench (the tiny one) waits for it under the same feed.
+    with_wrench = make_loop(build_tiny_model(tmp_path / "tiny"))
+    now = 200.0
+    for modality, msg in feed.all_at(now):
+        if modality != "wrench":
+            assert with_wrench.offer(modality, msg, now) is None
+    waiting = with_wrench.tick(now, goal)
+    assert waiting.plan is None and "wrench: no sample yet" in waiting.problems

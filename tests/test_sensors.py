@@ -32,8 +32,11 @@ def audio_chunk(stamp_s: float, first_value: int, n: int = CHUNK) -> types.Audio
     return types.AudioChunk(stamp_s, samples, float(RATE), "microphone")
 
 
-def fill(buffer: SensorBuffer, now_s: float, audio_until_s: float | None = None) -> None:
-    """Offer one fresh message per modality (real messages through the codecs)."""
+def fill(
+    buffer: SensorBuffer, now_s: float, audio_until_s: float | None = None, wrench: bool = True
+) -> None:
+    """Offer one fresh message per modality (real messages through the codecs); no wrist
+    wrench if `wrench` is False."""
     image = np.zeros((48, 64, 3), np.uint8)
     image[..., 0] = 200  # red in RGB
     assert buffer.offer_image(codecs.numpy_to_image(image, "rgb8", now_s), now_s) is None
@@ -44,8 +47,9 @@ def fill(buffer: SensorBuffer, now_s: float, audio_until_s: float | None = None)
     assert buffer.offer_joints(joints, now_s) is None
     pose = types.Pose(np.array([0.5, 0.0, 0.3]), types.TOOL_DOWN_XYZW)
     assert buffer.offer_ee_pose(codecs.pose_to_msg(pose, now_s), now_s) is None
-    wrench = types.Wrench(np.array([0.0, 0.0, 2.0]), np.zeros(3))
-    assert buffer.offer_wrench(codecs.wrench_to_msg(wrench, now_s), now_s) is None
+    if wrench:
+        sample = types.Wrench(np.array([0.0, 0.0, 2.0]), np.zeros(3))
+        assert buffer.offer_wrench(codecs.wrench_to_msg(sample, now_s), now_s) is None
     end_s = now_s if audio_until_s is None else audio_until_s
     start_s = end_s - 4 * CHUNK / RATE
     for i in range(4):
@@ -104,6 +108,21 @@ def test_missing_and_stale_modalities_are_named():
     assert stale == {"tactile", "joints", "ee_pose", "wrench"}
     assert staleness["tactile"] == pytest.approx(0.07)
     assert any("stale, 0.070 s old > 0.050 s" in p for p in problems)
+
+
+def test_a_buffer_for_a_model_without_the_wrist_wrench_never_waits_for_it():
+    waits, free = SensorBuffer(), SensorBuffer(wrench_required=False)
+    for buffer in (waits, free):
+        fill(buffer, 10.0, wrench=False)
+    assert waits.observation(10.02).problems == ["wrench: no sample yet"]
+    obs, staleness, problems = free.observation(10.02)
+    assert problems == [] and obs is not None and obs.wrench_wrist is None
+    assert staleness["wrench"] == float("inf")  # still reported, for diagnostics
+    # A wrench that does come is kept and its age reported, but a stale one holds nothing.
+    old = types.Wrench(np.array([0.0, 0.0, 1.0]), np.zeros(3))
+    assert free.offer_wrench(codecs.wrench_to_msg(old, 9.0), 9.0) is None
+    obs, staleness, problems = free.observation(10.02)
+    assert obs is not None and problems == [] and staleness["wrench"] == pytest.approx(1.02)
 
 
 def test_joint_state_split_over_two_messages_is_merged_by_name():

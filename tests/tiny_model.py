@@ -199,7 +199,7 @@ def rollout_graph(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 def scan_rollout_graph(rng: np.random.Generator, hidden: int = 8) -> onnx.ModelProto:
-    """A rollout written as a Scan over the horizon, as the torch exporter writes one.
+    """A rollout written as a Scan over the horizon, as wmpc's export runs its step.
 
     z (K, L), actions (K, H, 4) -> ee (K, H, 3); each step: z = tanh([z, a] @ W), ee = z @ V.
     """

@@ -101,8 +101,12 @@ class ControlLoop:
     ) -> None:
         self.model = model
         self.task = task
-        self.buffer = SensorBuffer(model_sensor_config(model, sensor_config))
         self.preprocess = Preprocessor.from_manifest(model.manifest.raw)
+        # A model that does not read the wrist wrench does not wait for it (or need a sensor).
+        self.buffer = SensorBuffer(
+            model_sensor_config(model, sensor_config),
+            wrench_required="wrench_wrist" in self.preprocess.proprio_fields,
+        )
         self.safety = SafetyFilter(safety_config)
         self.planner = Planner(
             model, planner_config, safety_config.workspace_min_m, safety_config.workspace_max_m
@@ -198,7 +202,10 @@ class ControlLoop:
         inputs = SafetyInputs(
             stamp_s=now_s,
             measured_pose=measured_pose,
-            sensor_age_s=snapshot.staleness_s,
+            # Only what the model reads: the age of a wrench it ignores must not hold the arm.
+            sensor_age_s={
+                m: age for m, age in snapshot.staleness_s.items() if m in self.buffer.required
+            },
             estop=self.estop_requested,
             inference_error=inference_error,
         )

@@ -8,6 +8,8 @@ so a tick sees exactly the same observation whether it comes from DDS, a bag or 
   None when the sample is kept, or the reason it was rejected, and counts rejects per topic.
 - `observation(now_s)` assembles an Observation when every modality is present and fresh.
   Otherwise the observation is None and `problems` names each missing or stale modality.
+  The wrist wrench can be left out of "every" (`wrench_required=False`, for a model that
+  does not read it): then it is still kept and reported, but never waited for.
 
 Only header stamps count (never the host clock), so the buffer works unchanged on /clock in
 simulation and replay. Audio is a ring of the newest `audio_window_samples` samples, built
@@ -85,8 +87,13 @@ def _to_rgb(frame: ImageFrame) -> np.ndarray:
 class SensorBuffer:
     """Latest sample per modality plus an audio ring; see the module docstring."""
 
-    def __init__(self, config: SensorBufferConfig | None = None):
+    def __init__(self, config: SensorBufferConfig | None = None, wrench_required: bool = True):
+        """`wrench_required`: False for a model without the wrist wrench in its input
+        (`runtime.ControlLoop` decides from the manifest); a robot may then have no sensor."""
         self.config = config or SensorBufferConfig()
+        self.wrench_required = bool(wrench_required)
+        # The modalities an observation waits for (and whose age the safety filter watches).
+        self.required = tuple(m for m in MODALITIES if m != "wrench" or self.wrench_required)
         cfg = self.config
         self.topics = {
             "image": cfg.image_topic,
@@ -183,7 +190,7 @@ class SensorBuffer:
         if modality not in MODALITIES:
             raise KeyError(f"unknown modality '{modality}'; known: {list(MODALITIES)}")
         if self._scratch is None:
-            self._scratch = SensorBuffer(self.config)
+            self._scratch = SensorBuffer(self.config, self.wrench_required)
         self._scratch.clear()
         return self._offer(modality, msg, now_s, getattr(self._scratch, f"_take_{modality}"))
 
@@ -396,6 +403,9 @@ class SensorBuffer:
         staleness: dict[str, float] = {}
         problems: list[str] = []
         for modality, stamp_s in self._stamps().items():
+            if modality == "wrench" and not self.wrench_required:
+                staleness[modality] = math.inf if stamp_s is None else now_s - stamp_s
+                continue
             if stamp_s is None:
                 staleness[modality] = math.inf
                 if modality == "joints" and np.any(np.isfinite(self._joint_stamp)):
@@ -431,7 +441,7 @@ class SensorBuffer:
             tactile=self._tactile[1],
             joint_position_rad=self._joint_position.copy(),
             ee_pose=self._ee_pose[1],
-            wrench_wrist=self._wrench[1],
+            wrench_wrist=self._wrench[1] if self.wrench_required else None,
             staleness_s=dict(staleness),
         )
         return Snapshot(obs, staleness, problems)

@@ -115,7 +115,7 @@ class Observation:
     tactile: np.ndarray  # (rows, cols, 3) float32
     joint_position_rad: np.ndarray  # (J,) in the configured joint order
     ee_pose: Pose
-    wrench_wrist: Wrench
+    wrench_wrist: Wrench | None  # None when the model does not read it (SensorBuffer)
     staleness_s: dict[str, float] = field(default_factory=dict)
 
 
