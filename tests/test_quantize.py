@@ -41,6 +41,23 @@ def copy_fp32(source, target):
     return target
 
 
+def test_a_rollout_from_an_older_export_is_refused_with_the_command_that_fixes_it(
+    fp32_model, tmp_path
+):
+    source, held, pre = fp32_model
+    out = copy_fp32(source, tmp_path / "model")
+    # An older export's step took the physical action as "action" (no prelude).
+    rollout = onnx.load(out / export.ROLLOUT_FILE)
+    body = export.scan_node(rollout).attribute[0].g
+    old, new = export.STEP_PREFIX + "action_unit", export.STEP_PREFIX + "action"
+    body.input[1].name = new
+    for node in body.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+    onnx.save(rollout, out / export.ROLLOUT_FILE)
+    with pytest.raises(quantize.QuantizeError, match=r"older export.*--reexport"):
+        quantize.quantize_model(out, held, pre)
+
+
 def test_calibration_is_deterministic(fp32_model, tmp_path):
     source, held, pre = fp32_model
     digests = []

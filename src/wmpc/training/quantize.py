@@ -8,7 +8,7 @@ calibration. Calibration data come from held-out episodes only:
 - rollout: the step network inside the Scan (quantizers do not descend into subgraphs) is
   quantized on its own, on (z, action) pairs met along rollouts from those ticks, once with the
   recorded actions and once with uniformly sampled actions (what a sampling planner feeds it),
-  and then wrapped in the same Scan as the fp32 rollout.
+  and then put back into a copy of the fp32 rollout in place of the fp32 step.
 
 Convolutions and matrix products are quantized (weights and inputs); their outputs, layer
 norms and element-wise ops stay float, and so do the few products that read a tensor which
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from wmpc.errors import WmpcError
 from wmpc.preprocess import INPUT_NAMES, Preprocessor
 from wmpc.training.dataset import ACTION_HIGH, ACTION_LOW, Episode
 from wmpc.training.export import (
@@ -46,8 +47,14 @@ log = logging.getLogger(__name__)
 ENCODER_INT8_FILE = "encoder.int8.onnx"
 ROLLOUT_INT8_FILE = "rollout.int8.onnx"
 CALIBRATION_TICKS = 512
+
+
 CALIBRATION_BATCH = 64
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+class QuantizeError(WmpcError, ValueError):
+    """A model this version cannot quantize (e.g. a rollout graph of an older export)."""
 
 
 def session(path: Path | str | bytes, threads: int = 2):
@@ -108,6 +115,20 @@ class _Batches:
         self.reader = Reader()
 
 
+def fp32_step(model_dir: Path) -> onnx.ModelProto:
+    """The step inside the fp32 rollout.onnx; QuantizeError unless it is this version's."""
+    path = model_dir / ROLLOUT_FILE
+    step = step_from_rollout(onnx.load(path))
+    inputs = [value.name for value in step.graph.input]
+    if inputs != list(STEP_INPUTS):
+        raise QuantizeError(
+            f"{path}: its rollout step takes {inputs}, where this wmpc's export takes "
+            f"{list(STEP_INPUTS)} (the file is from an older export); write the fp32 files "
+            f"again from the checkpoint: wmpc quantize {model_dir} --calib DIR --reexport"
+        )
+    return step
+
+
 def calibration_data(
     model_dir: Path,
     episodes: list[Episode],
@@ -117,7 +138,7 @@ def calibration_data(
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
     """(encoder batches, step batches) drawn from `episodes` with the fp32 model."""
     encoder = session(model_dir / ENCODER_FILE)
-    step = session(step_from_rollout(onnx.load(model_dir / ROLLOUT_FILE)).SerializeToString())
+    step = session(fp32_step(model_dir).SerializeToString())
     rng = np.random.default_rng(seed)
     low, high = np.array(ACTION_LOW, np.float32), np.array(ACTION_HIGH, np.float32)
     centre, half_range = (high + low) / 2, (high - low) / 2
@@ -202,7 +223,7 @@ def quantize_model(
     rollout = onnx.load(model_dir / ROLLOUT_FILE)
     with tempfile.TemporaryDirectory(prefix="wmpc_quant_") as tmp:
         step_int8 = Path(tmp) / "step.int8.onnx"
-        quantize_graph(step_from_rollout(rollout), step_int8, step_batches)
+        quantize_graph(fp32_step(model_dir), step_int8, step_batches)
         wrapped = with_step(rollout, onnx.load(step_int8))
     onnx.checker.check_model(wrapped, full_check=True)
     onnx.save(wrapped, paths["rollout"])
