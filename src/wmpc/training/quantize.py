@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 ENCODER_INT8_FILE = "encoder.int8.onnx"
 ROLLOUT_INT8_FILE = "rollout.int8.onnx"
 CALIBRATION_TICKS = 512
-
-
 CALIBRATION_BATCH = 64
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
