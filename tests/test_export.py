@@ -149,3 +149,22 @@ def test_wmpc_train_writes_a_manifest_that_matches_its_files(synthetic_bags, tmp
         read_manifest(out)
     assert main(argv) == 2
     assert "already holds a model" in capsys.readouterr().err
+
+
+def test_wmpc_train_with_an_image_crop_writes_it_into_the_manifest(synthetic_bags, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "wmpc_train:\n  ros__parameters:\n    image_crop: [0.25, 0.8, 0.2375, 0.7625]\n"
+    )
+    out = tmp_path / "cropped"
+    argv = ["train", str(synthetic_bags), "--out", str(out), "--epochs", "1", "--horizon", "2"]
+    assert main([*argv, "--config", str(config)]) == 0
+    document = read_manifest(out).raw
+    crop = {"top": 0.25, "bottom": 0.8, "left": 0.2375, "right": 0.7625}
+    assert document["modalities"]["image"]["crop"] == crop
+    stored = document["training"]["dataset_settings"]["preprocess"]["image_crop"]
+    assert stored == [0.25, 0.8, 0.2375, 0.7625]  # what the arrays were built with
+    assert Preprocessor.from_manifest(document).crop_box == tuple(crop.values())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("wmpc_train:\n  ros__parameters:\n    image_crop: [0.8, 0.25, 0, 1]\n")
+    assert main([*argv, "--force", "--config", str(bad)]) == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wmpc import types
-from wmpc.config import PreprocessConfig, SensorBufferConfig
+from wmpc.config import ConfigError, PreprocessConfig, SensorBufferConfig, build_config
 from wmpc.preprocess import (
     INPUT_NAMES,
     PreprocessError,
@@ -88,6 +88,40 @@ def test_resize_crops_the_centre_before_area_resize():
     assert small[32, 32].tolist() == [10, 200, 30]
     assert resize_image(small, 64, 64) is not small  # copies even at the target size
     np.testing.assert_array_equal(resize_image(small, 64, 64), small)
+
+
+def test_a_crop_box_shows_the_model_that_part_of_the_frame_at_any_camera_size():
+    box = (0.25, 0.80, 0.2375, 0.7625)  # rows 30-96, columns 38-122 of a 160 x 120 frame
+    for height, width in ((120, 160), (480, 640)):
+        image = np.zeros((height, width, 3), np.uint8)
+        image[: round(0.25 * height)] = 255  # above the box: never seen
+        image[:, round(0.7625 * width) :] = 255  # right of it
+        image[round(0.5 * height), round(0.5 * width)] = (200, 0, 0)  # a dot at the frame centre
+        small = resize_image(image, 64, 64, box)
+        assert small.shape == (64, 64, 3), (height, width)
+        assert small.max() < 255 and small[..., 0].max() > 0  # no white; the dot, averaged
+        # The frame's centre lies at 0.5 of its height: (0.5 - 0.25) / 0.55 of the box.
+        row, col = np.unravel_index(small[..., 0].argmax(), (64, 64))
+        assert abs(row - 0.25 / 0.55 * 64) <= 2 and abs(col - 32) <= 2
+    # The manifest carries the box and the runtime's preprocessing reads it back.
+    modalities = modalities_spec(SensorBufferConfig(), PreprocessConfig(image_crop=box), 4, 4)
+    crop = modalities["image"]["crop"]
+    assert crop == {"top": 0.25, "bottom": 0.8, "left": 0.2375, "right": 0.7625}
+    obs = observation(np.random.default_rng(4))
+    np.testing.assert_array_equal(
+        Preprocessor(modalities, None).features(obs)["image"],
+        resize_image(obs.image_rgb, 64, 64, box),
+    )
+    assert Preprocessor(spec(), None).crop_box is None  # "centre"
+    bad = spec()
+    bad["image"]["crop"] = {"top": 0.5, "bottom": 0.2, "left": 0.0, "right": 1.0}
+    with pytest.raises(PreprocessError, match=r"image\.crop.*top < bottom"):
+        Preprocessor(bad, None)
+    bad["image"]["crop"] = "middle"
+    with pytest.raises(PreprocessError, match="neither 'centre' nor a box"):
+        Preprocessor(bad, None)
+    with pytest.raises(ConfigError, match="image_crop"):
+        build_config(PreprocessConfig, {"image_crop": [0.1, 0.9, 0.5]})
 
 
 def test_features_and_normalisation_shapes_and_statistics():

@@ -55,6 +55,27 @@ def non_negative(value: Any) -> str | None:
     return None
 
 
+CROP_SIDES = ("top", "bottom", "left", "right")
+
+
+def crop_box_problem(box: Any) -> str | None:
+    """Why `box` (top, bottom, left, right as fractions of the frame) is not a crop, or None.
+    Empty: no box (the centre crop)."""
+    if isinstance(box, tuple | list) and len(box) == 0:
+        return None
+    if (
+        not isinstance(box, tuple | list)
+        or len(box) != len(CROP_SIDES)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        or not all(math.isfinite(v) for v in box)
+    ):
+        return f"must be 4 numbers ({', '.join(CROP_SIDES)} as fractions of the frame) or empty"
+    top, bottom, left, right = box
+    if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+        return "needs 0 <= top < bottom <= 1 and 0 <= left < right <= 1"
+    return None
+
+
 def one_of(*allowed: Any) -> Check:
     """Value must be one of `allowed`."""
 
@@ -657,6 +678,13 @@ class PreprocessConfig:
 
     image_height: int = param(64, "model image height in pixels", positive)
     image_width: int = param(64, "model image width in pixels", positive)
+    image_crop: tuple = param(
+        [],
+        "part of the camera frame the model sees: top, bottom, left, right as fractions of "
+        "its height and width, resized to the model's size; empty: the centre crop to the "
+        "model's aspect",
+        crop_box_problem,
+    )
     n_fft: int = param(512, "FFT length of the log-mel spectrogram (samples)", positive)
     hop: int = param(256, "hop between spectrogram frames (samples)", positive)
     n_mels: int = param(32, "mel bands", positive)
@@ -701,6 +729,12 @@ class TrainConfig:
         non_negative,
     )
     num_threads: int = param(2, "torch CPU threads (fixed so results are reproducible)", positive)
+    image_crop: tuple = param(
+        [],
+        "part of the camera frame the model sees (top, bottom, left, right as fractions; "
+        "empty: the centre crop); sets the dataset's preprocessing, so arrays are built anew",
+        crop_box_problem,
+    )
     proprio_wrench: bool = param(
         True,
         "feed the wrist wrench to the proprio input; false: the model reads contact force "

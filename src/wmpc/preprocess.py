@@ -23,13 +23,13 @@ prefix.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-from wmpc.config import PreprocessConfig, SensorBufferConfig
+from wmpc.config import CROP_SIDES, PreprocessConfig, SensorBufferConfig, crop_box_problem
 from wmpc.errors import WmpcError
 from wmpc.types import Observation
 
@@ -110,9 +110,21 @@ def log_mel(
 # ---- image -------------------------------------------------------------------------------
 
 
-def resize_image(image_rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(height, width, 3) uint8: centre crop to the target aspect, then INTER_AREA resize."""
+def resize_image(
+    image_rgb: np.ndarray, height: int, width: int, crop_box: Sequence[float] | None = None
+) -> np.ndarray:
+    """(height, width, 3) uint8 by INTER_AREA resize of, without `crop_box`, the centre crop
+    to the target aspect, or with it, that part of the frame (top, bottom, left, right as
+    fractions of its height and width; resized to the target whatever its aspect)."""
     h, w = image_rgb.shape[:2]
+    if crop_box is not None:
+        top, bottom, left, right = crop_box
+        rows = slice(round(top * h), round(bottom * h))
+        cols = slice(round(left * w), round(right * w))
+        image_rgb = image_rgb[rows, cols]
+        if image_rgb.shape[:2] == (height, width):
+            return np.array(image_rgb, order="C")
+        return cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
     if h * width > w * height:  # too tall: crop rows
         keep = max(1, round(w * height / width))
         top = (h - keep) // 2
@@ -158,7 +170,9 @@ def modalities_spec(
             "height": pre.image_height,
             "width": pre.image_width,
             "encoding": "rgb8",
-            "crop": "centre",
+            "crop": dict(zip(CROP_SIDES, pre.image_crop, strict=True))
+            if pre.image_crop
+            else "centre",
             "interpolation": "area",
         },
         "audio": {
@@ -226,6 +240,20 @@ def compute_normalisation(
     return out
 
 
+def _crop_box(crop: Any) -> tuple[float, ...] | None:
+    """A manifest's modalities.image.crop: "centre" (None) or {top, bottom, left, right}."""
+    if crop == "centre":
+        return None
+    box = tuple(crop.get(side) for side in CROP_SIDES) if isinstance(crop, Mapping) else ()
+    problem = crop_box_problem(box) if box else "is neither 'centre' nor a box"
+    if problem or set(crop) != set(CROP_SIDES):
+        raise PreprocessError(
+            f"manifest modalities.image.crop = {crop!r}: {problem or 'unknown keys'}; use "
+            f"'centre' or {{{', '.join(f'{side}: <fraction>' for side in CROP_SIDES)}}}"
+        )
+    return box
+
+
 class Preprocessor:
     """Observation -> normalised float32 model inputs, as one manifest describes them."""
 
@@ -239,6 +267,7 @@ class Preprocessor:
             int(_require(image, "height", "image")),
             int(_require(image, "width", "image")),
         )
+        self.crop_box = _crop_box(image.get("crop", "centre"))
         self.audio_rate_hz = float(_require(audio, "rate_hz", "audio"))
         self.window_samples = int(_require(audio, "window_samples", "audio"))
         self.n_fft = int(_require(audio, "n_fft", "audio"))
@@ -348,7 +377,7 @@ class Preprocessor:
             parts.append(obs.wrench_wrist.as_array())
         proprio = np.concatenate(parts).astype(np.float32)
         return {
-            "image": resize_image(image, *self.image_hw),
+            "image": resize_image(image, *self.image_hw, self.crop_box),
             "audio": log_mel(obs.audio, self.filterbank, self.n_fft, self.hop, self.log_offset),
             "tactile": np.asarray(obs.tactile, dtype=np.float32),
             "proprio": proprio,

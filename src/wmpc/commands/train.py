@@ -109,7 +109,7 @@ def run(args: Any) -> int:
     started = time.perf_counter()
     settings = DatasetSettings(
         SensorBufferConfig(),
-        PreprocessConfig(),
+        PreprocessConfig(image_crop=tuple(config.image_crop)),
         config.control_period_s,
         config.contact_threshold_n,
     )
