@@ -403,7 +403,7 @@ class SensorBuffer:
         staleness: dict[str, float] = {}
         problems: list[str] = []
         for modality, stamp_s in self._stamps().items():
-            if modality == "wrench" and not self.wrench_required:
+            if modality not in self.required:  # reported, never waited for
                 staleness[modality] = math.inf if stamp_s is None else now_s - stamp_s
                 continue
             if stamp_s is None:
