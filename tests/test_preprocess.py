@@ -157,6 +157,31 @@ def test_features_and_normalisation_shapes_and_statistics():
         np.testing.assert_array_equal(obs_inputs[name][0], batch[name][0])
 
 
+def test_byte_images_normalise_exactly_as_float_arithmetic():
+    # 8-bit frames go through a per-channel lookup table (speed); it must hold the very float32
+    # results of (x / 255 - mean) / std, for batches with any leading axes (training windows).
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (5, 6, 64, 64, 3), dtype=np.uint8)
+    frames.reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every level
+    others = {
+        "audio": rng.standard_normal((5, 6, 32, 7)).astype(np.float32),
+        "tactile": rng.random((5, 6, 4, 4, 3)).astype(np.float32),
+        "proprio": rng.random((5, 6, 16)).astype(np.float32),
+    }
+    stats = compute_normalisation(
+        {"image": frames[:, 0], **{k: v[:, 0] for k, v in others.items()}}, min_std=0.01
+    )
+    pre = Preprocessor(spec(), stats)
+    by_table = pre.normalise({"image": frames, **others})["image"]
+    by_arithmetic = pre.normalise({"image": frames.astype(np.float32), **others})["image"]
+    assert by_table.shape == (5, 6, 3, 64, 64) and by_table.flags.c_contiguous
+    np.testing.assert_array_equal(by_table, by_arithmetic)
+    mean = np.array(stats["image"]["mean"], np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.array(stats["image"]["std"], np.float32)).reshape(3, 1, 1)
+    expected = (np.moveaxis(frames, -1, -3) * np.float32(1 / 255) - mean) * inv_std
+    np.testing.assert_array_equal(by_table, expected.astype(np.float32))
+
+
 def test_constant_input_std_is_floored():
     stacked = {
         "image": np.full((4, 8, 8, 3), 7, np.uint8),

@@ -336,6 +336,24 @@ class Preprocessor:
                 ) from None
             self._mean[name] = mean.reshape(shape)
             self._inv_std[name] = (1.0 / std).reshape(shape)
+        self._image_table = self._image_lookup_table()
+
+    def _image_lookup_table(self) -> np.ndarray | None:
+        """(3, 256) float32: the normalised value of each 8-bit level per colour channel, or
+        None without per-channel image statistics.
+
+        Training normalises a batch of 64 x 6 frames per step (4.7 M pixels): looking each
+        byte up took 9 ms where the float arithmetic took 30 ms (a tenth of a training step).
+        The table holds the very float32 results of that arithmetic (same operations, same
+        order), so both give identical inputs.
+        """
+        mean, inv_std = self._mean.get("image"), self._inv_std.get("image")
+        if mean is None or mean.size not in (1, 3) or mean.shape not in ((), (3, 1, 1)):
+            return None
+        levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)  # (256,)
+        mean_c = np.broadcast_to(mean.reshape(-1), (3,))[:, None]  # (3, 1)
+        inv_c = np.broadcast_to(inv_std.reshape(-1), (3,))[:, None]
+        return (levels[None, :] - mean_c) * inv_c
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> Preprocessor:
@@ -387,16 +405,30 @@ class Preprocessor:
         """Features with any leading batch dims -> normalised float32 model inputs."""
         if not self._mean:
             raise PreprocessError("this preprocessor was built without normalisation statistics")
-        image = np.asarray(features["image"], dtype=np.float32) * np.float32(1.0 / 255.0)
-        image = np.moveaxis(image, -1, -3)  # (..., H, W, 3) -> (..., 3, H, W)
-        out = {"image": image}
+        image = np.asarray(features["image"])
+        planes = np.moveaxis(image, -1, -3)  # (..., H, W, 3) -> (..., 3, H, W)
+        if image.dtype == np.uint8 and self._image_table is not None:
+            out = {"image": self._look_up_image(planes)}
+        else:
+            scaled = planes.astype(np.float32) * np.float32(1.0 / 255.0)
+            out = {"image": self._standardise("image", scaled)}
         for name in ("audio", "tactile"):
-            out[name] = np.asarray(features[name], dtype=np.float32)
-        out["proprio"] = self.take_proprio(np.asarray(features["proprio"], dtype=np.float32))
-        return {
-            name: np.ascontiguousarray((x - self._mean[name]) * self._inv_std[name])
-            for name, x in out.items()
-        }
+            out[name] = self._standardise(name, np.asarray(features[name], dtype=np.float32))
+        proprio = self.take_proprio(np.asarray(features["proprio"], dtype=np.float32))
+        out["proprio"] = self._standardise("proprio", proprio)
+        return out
+
+    def _standardise(self, name: str, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((x - self._mean[name]) * self._inv_std[name])
+
+    def _look_up_image(self, planes: np.ndarray) -> np.ndarray:
+        """(..., 3, H, W) uint8 -> normalised float32 via the table (_image_lookup_table)."""
+        table = self._image_table
+        out = np.empty(planes.shape, np.float32)
+        for c in range(3):
+            # mode "clip" never clips a byte (256 entries); it spares take()'s buffered copy.
+            np.take(table[c], planes[..., c, :, :], out=out[..., c, :, :], mode="clip")
+        return out
 
     def take_proprio(self, proprio: np.ndarray) -> np.ndarray:
         """(..., P) proprio features -> the model's fields: as they are, or the prefix it

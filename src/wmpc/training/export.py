@@ -74,13 +74,13 @@ def export_encoder(net: WorldModelNet) -> onnx.ModelProto:
     return model
 
 
-def export_step(net: WorldModelNet) -> onnx.ModelProto:
+def export_step(step: StepGraph) -> onnx.ModelProto:
     """One rollout step (z, action in [-1, 1]) -> (z', its ee part, head layer); dynamic K."""
-    net.eval()
+    net = step.net
     action_dim = int(net.action_centre.shape[0])
     dummy = (torch.zeros(2, net.latent_dim), torch.zeros(2, action_dim))
     dynamic = {name: {0: "K"} for name in (*STEP_INPUTS, *STEP_OUTPUTS)}
-    model = _export(StepGraph(net), dummy, STEP_INPUTS, STEP_OUTPUTS, dynamic)
+    model = _export(step, dummy, STEP_INPUTS, STEP_OUTPUTS, dynamic)
     model.graph.name = "wmpc_step"
     return model
 
@@ -105,7 +105,7 @@ def export_rollout(net: WorldModelNet) -> onnx.ModelProto:
         tuple(HEADS),
         {name: per_tick for name in ("ee_latent", "head_layer", *HEADS)},
     )
-    return assemble_rollout(prelude, export_step(net), heads, net.latent_dim, action_dim)
+    return assemble_rollout(prelude, export_step(step), heads, net.latent_dim, action_dim)
 
 
 def _rename_all(graph: onnx.GraphProto, prefix: str, bind: dict[str, str] | None = None) -> None:

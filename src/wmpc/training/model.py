@@ -75,11 +75,11 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(3, 16, kernel_size=4, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(16, 32, kernel_size=4, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, kernel_size=3, stride=1, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, keypoints, kernel_size=3, stride=1, padding=1),
         )
         rows, cols = height // 4, width // 4

@@ -113,10 +113,11 @@ class _Batches:
         self.reader = Reader()
 
 
-def fp32_step(model_dir: Path) -> onnx.ModelProto:
-    """The step inside the fp32 rollout.onnx; QuantizeError unless it is this version's."""
+def fp32_step(model_dir: Path, rollout: onnx.ModelProto) -> onnx.ModelProto:
+    """The step inside `rollout` (model_dir's fp32 rollout.onnx); QuantizeError unless it is
+    this version's."""
     path = model_dir / ROLLOUT_FILE
-    step = step_from_rollout(onnx.load(path))
+    step = step_from_rollout(rollout)
     inputs = [value.name for value in step.graph.input]
     if inputs != list(STEP_INPUTS):
         raise QuantizeError(
@@ -129,14 +130,16 @@ def fp32_step(model_dir: Path) -> onnx.ModelProto:
 
 def calibration_data(
     model_dir: Path,
+    step_fp32: onnx.ModelProto,
     episodes: list[Episode],
     pre: Preprocessor,
     seed: int = 0,
     rollout_steps: int = max(HORIZONS),
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-    """(encoder batches, step batches) drawn from `episodes` with the fp32 model."""
+    """(encoder batches, step batches) drawn from `episodes` with the fp32 encoder of
+    `model_dir` and its rollout's step `step_fp32` (fp32_step)."""
     encoder = session(model_dir / ENCODER_FILE)
-    step = session(fp32_step(model_dir).SerializeToString())
+    step = session(step_fp32.SerializeToString())
     rng = np.random.default_rng(seed)
     low, high = np.array(ACTION_LOW, np.float32), np.array(ACTION_HIGH, np.float32)
     centre, half_range = (high + low) / 2, (high - low) / 2
@@ -215,13 +218,14 @@ def quantize_model(
     model_dir: Path, episodes: list[Episode], pre: Preprocessor, seed: int = 0
 ) -> dict[str, Path]:
     """Write encoder.int8.onnx and rollout.int8.onnx beside the fp32 files."""
-    encoder_batches, step_batches = calibration_data(model_dir, episodes, pre, seed)
+    rollout = onnx.load(model_dir / ROLLOUT_FILE)
+    step_fp32 = fp32_step(model_dir, rollout)
+    encoder_batches, step_batches = calibration_data(model_dir, step_fp32, episodes, pre, seed)
     paths = {"encoder": model_dir / ENCODER_INT8_FILE, "rollout": model_dir / ROLLOUT_INT8_FILE}
     quantize_graph(onnx.load(model_dir / ENCODER_FILE), paths["encoder"], encoder_batches)
-    rollout = onnx.load(model_dir / ROLLOUT_FILE)
     with tempfile.TemporaryDirectory(prefix="wmpc_quant_") as tmp:
         step_int8 = Path(tmp) / "step.int8.onnx"
-        quantize_graph(fp32_step(model_dir), step_int8, step_batches)
+        quantize_graph(step_fp32, step_int8, step_batches)
         wrapped = with_step(rollout, onnx.load(step_int8))
     onnx.checker.check_model(wrapped, full_check=True)
     onnx.save(wrapped, paths["rollout"])
