@@ -54,3 +54,17 @@ def test_misuse_exits_2_without_traceback(args):
 def test_no_command_prints_help_and_exits_2():
     result = wmpc()
     assert result.returncode == 2 and "usage: wmpc" in result.stdout
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    # Two `wmpc sim` runs started together once crashed on the second's mkdir.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wmpc.paths import new_run_dir
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: new_run_dir(tmp_path / "runs", "sim-fixed-name"), range(6)))
+    assert len(set(made)) == 6 and all(p.is_dir() for p in made)
+    assert sorted(p.name for p in made) == sorted(
+        ["sim-fixed-name"] + [f"sim-fixed-name-{i}" for i in range(2, 7)]
+    )

@@ -75,3 +75,20 @@ def use_wmpc_fastdds_profile() -> Path | None:
     profile = share_path("config", "fastdds.xml")
     os.environ[FASTDDS_PROFILE_ENV] = str(profile)
     return profile
+
+
+def new_run_dir(runs_dir: Path, pattern: str) -> Path:
+    """Make and return a new folder runs_dir/<time.strftime(pattern)>, with -2, -3, ...
+    appended when that name is taken (two runs started in the same second)."""
+    import time
+
+    name = time.strftime(pattern)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        out = runs_dir / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            out.mkdir()  # atomic: a concurrent run gets FileExistsError and tries the next
+        except FileExistsError:
+            continue
+        return out
+    raise FileExistsError(f"{runs_dir}: every name {name}, {name}-2 .. {name}-999 is taken")

@@ -55,12 +55,11 @@ def run(args) -> int:
     import json
     import os
     import sys
-    import time
     from pathlib import Path
 
     from wmpc.cli import main as wmpc_main
     from wmpc.errors import WmpcError
-    from wmpc.paths import share_path
+    from wmpc.paths import new_run_dir, share_path
     from wmpc.sim_report import BAG_DIR
 
     model = args.model or str(share_path("models", "default"))
@@ -69,8 +68,7 @@ def run(args) -> int:
             f"no model at {model}: the shipped model is missing (see README, 'The world "
             "model', for the commands that make it)"
         )
-    out = (args.runs_dir / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
-    out.mkdir(parents=True)
+    out = new_run_dir(args.runs_dir, "demo-%Y%m%d-%H%M%S").resolve()
     print(f"demo: {args.episodes} {args.task} episode(s) from seed {args.seed} -> {out}")
     sim_json = out / "sim.json"
     argv = ["sim", "--task", args.task, "--episodes", str(args.episodes)]

@@ -23,11 +23,11 @@ import json
 import math
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from wmpc.errors import WmpcError
+from wmpc.paths import new_run_dir
 
 HELP = "Run simulated episodes (MuJoCo) with a chosen controller and print a results table."
 TASKS = ("reach", "press", "push")
@@ -175,8 +175,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report_dir = None
     if "wmpc" in controllers and args.report:
-        report_dir = args.runs_dir / time.strftime(f"sim-%Y%m%d-%H%M%S-{args.task}")
-        report_dir.mkdir(parents=True)
+        report_dir = new_run_dir(args.runs_dir, f"sim-%Y%m%d-%H%M%S-{args.task}")
     results = {}
     for name in controllers:
         progress = _progress_printer(name, args.episodes)
@@ -507,12 +506,7 @@ def write_snapshot(task: str, controller: str, seed: int, world_config, runs_dir
     from wmpc.sim.experts import make_controller
     from wmpc.sim.world import SimWorld
 
-    out = runs_dir / time.strftime("%Y%m%d-%H%M%S")
-    suffix = 1
-    while out.exists():
-        out = runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-        suffix += 1
-    out.mkdir(parents=True)
+    out = new_run_dir(runs_dir, "%Y%m%d-%H%M%S")
     print(f"snapshot: running one {task} episode (seed {seed}) with sensors", file=sys.stderr)
 
     world = SimWorld(world_config, seed)
