@@ -102,18 +102,29 @@ def test_goal_is_latched_and_camera_info_matches_the_image(ros):
     node = sim_node(ros, real_time_factor=1.0, camera_width=80, camera_height=60, task="press")
     images = ros.collect(Image, "/camera/image_raw")
     infos = ros.collect(CameraInfo, "/camera/camera_info")
-    ros.wait_until(lambda: images and infos, 10.0, "an image and its camera_info")
+
+    def image_with_info():
+        # The two subscriptions match at different moments, so the first image's
+        # camera_info may have gone out before the info subscription was there.
+        stamps = {(i.header.stamp.sec, i.header.stamp.nanosec): i for i in infos}
+        for image in images:
+            info = stamps.get((image.header.stamp.sec, image.header.stamp.nanosec))
+            if info is not None:
+                return image, info
+        return None
+
+    ros.wait_until(lambda: image_with_info(), 10.0, "an image and the camera_info of its stamp")
     # A subscriber that joins late still gets the goal (transient local).
     goals = ros.collect(PoseStamped, "/wmpc/goal", LATCHED_QOS)
     ros.wait_until(lambda: goals, 5.0, "the latched /wmpc/goal")
     _, goal = codecs.pose_from_msg(goals[-1])
     np.testing.assert_allclose(goal.position_m, node.world.goal.pose.position_m)
 
-    frame = codecs.image_to_frame(images[0])
+    image, info = image_with_info()
+    frame = codecs.image_to_frame(image)
     assert frame.pixels.shape == (60, 80, 3) and frame.encoding == "rgb8"
-    info = next(i for i in infos if i.header.stamp == images[0].header.stamp)
     assert (info.width, info.height) == (80, 60)
-    assert info.header.frame_id == images[0].header.frame_id == "camera"
+    assert info.header.frame_id == image.header.frame_id == "camera"
     k = np.array(info.k).reshape(3, 3)
     assert k[0, 2] == pytest.approx(39.5) and k[1, 2] == pytest.approx(29.5)
     # fovy of the scene camera: fy = (height / 2) / tan(fovy / 2).
