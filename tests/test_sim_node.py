@@ -113,7 +113,7 @@ def test_goal_is_latched_and_camera_info_matches_the_image(ros):
                 return image, info
         return None
 
-    ros.wait_until(lambda: image_with_info(), 10.0, "an image and the camera_info of its stamp")
+    ros.wait_until(image_with_info, 10.0, "an image and the camera_info of its stamp")
     # A subscriber that joins late still gets the goal (transient local).
     goals = ros.collect(PoseStamped, "/wmpc/goal", LATCHED_QOS)
     ros.wait_until(lambda: goals, 5.0, "the latched /wmpc/goal")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 PACKAGE = "wmpc"
@@ -80,8 +81,6 @@ def use_wmpc_fastdds_profile() -> Path | None:
 def new_run_dir(runs_dir: Path, pattern: str) -> Path:
     """Make and return a new folder runs_dir/<time.strftime(pattern)>, with -2, -3, ...
     appended when that name is taken (two runs started in the same second)."""
-    import time
-
     name = time.strftime(pattern)
     runs_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 1000):

@@ -122,10 +122,7 @@ def resize_image(
         rows = slice(round(top * h), round(bottom * h))
         cols = slice(round(left * w), round(right * w))
         image_rgb = image_rgb[rows, cols]
-        if image_rgb.shape[:2] == (height, width):
-            return np.array(image_rgb, order="C")
-        return cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
-    if h * width > w * height:  # too tall: crop rows
+    elif h * width > w * height:  # too tall: crop rows
         keep = max(1, round(w * height / width))
         top = (h - keep) // 2
         image_rgb = image_rgb[top : top + keep]
@@ -348,7 +345,7 @@ class Preprocessor:
         order), so both give identical inputs.
         """
         mean, inv_std = self._mean.get("image"), self._inv_std.get("image")
-        if mean is None or mean.size not in (1, 3) or mean.shape not in ((), (3, 1, 1)):
+        if mean is None or mean.shape not in ((), (3, 1, 1)):
             return None
         levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)  # (256,)
         mean_c = np.broadcast_to(mean.reshape(-1), (3,))[:, None]  # (3, 1)
