@@ -45,6 +45,18 @@ def test_two_runs_with_one_seed_give_identical_weights(episodes):
     assert not torch.equal(first["fuse.0.weight"], other["fuse.0.weight"])
 
 
+@pytest.mark.parametrize("horizon", [2, 3])
+def test_targets_encoded_on_a_helper_thread_give_the_same_weights(episodes, horizon):
+    """The two-core path (TrainConfig.helper_thread) splits the encodings, not the numbers."""
+    one = run(episodes, seed=7, horizon=horizon, helper_thread=False)
+    two = run(episodes, seed=7, horizon=horizon, helper_thread=True)
+    first, second = one.net.state_dict(), two.net.state_dict()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert one.history == two.history
+    assert one.validation == two.validation
+
+
 def test_split_is_seeded_disjoint_and_complete(episodes):
     train_eps, held = train.split_episodes(episodes, 0.25, 3)
     assert len(held) == 1 and len(train_eps) == 3

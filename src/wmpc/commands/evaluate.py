@@ -58,7 +58,7 @@ def add_arguments(parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="ONNX Runtime threads per operator (default: the parameter file's, else ORT's)",
+        help="ONNX Runtime threads per operator (default: the parameter file's, else 1)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads (default 2; 1 is much faster on a machine busy with other work)",
+        help="torch CPU threads (default 1: two were much slower on a machine busy with other "
+        "work; a helper thread uses a second core, see helper_thread in --config)",
     )
     parser.add_argument(
         "--config", metavar="YAML", help="ros__parameters file with a 'wmpc_train' section"

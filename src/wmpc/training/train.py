@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,17 +170,45 @@ def _head_losses(
     return out
 
 
+# Below this many windows a batch is encoded on one thread: with a part of 2-3 frames the
+# convolution and matrix kernels take another path and the last bits of the targets differ
+# (measured on this machine); parts of 4 frames and more came out equal. Only an epoch's last
+# batch can be this small.
+SPLIT_MIN_WINDOWS = 8
+
+
+def _encode_targets(net: WorldModelNet, later: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Consistency targets: the encoder's embedding of o_{t+1..t+H}, gradient stopped."""
+    with torch.no_grad():  # grad mode is per thread: this holds on a helper thread too
+        return net.encode(**later)
+
+
 def window_losses(
-    net: WorldModelNet, batch: dict[str, Any], config: TrainConfig
+    net: WorldModelNet,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    helper: ThreadPoolExecutor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of a batch of windows and its terms (for logging)."""
+    """Total loss of a batch of windows and its terms (for logging).
+
+    With a `helper` thread the encodings run on two cores: the helper encodes the targets of
+    the first half of the horizon while this thread encodes o_t (with gradients) and the
+    rest, about as much work each. Each frame meets the same operations on the same weights
+    as on one thread, so the numbers are the same to the bit (a full retrain checked it).
+    """
     inputs, actions = batch["inputs"], batch["actions"]
-    horizon = actions.shape[1]
-    first = {name: x[:, 0] for name, x in inputs.items()}
-    z = net.encode(**first)  # (B, L)
-    with torch.no_grad():
-        later = {name: x[:, 1:].flatten(0, 1) for name, x in inputs.items()}
-        targets = net.encode(**later).view(z.shape[0], horizon, -1)  # (B, H, L)
+    batch_size, horizon = actions.shape[:2]
+
+    def targets(a: int, b: int) -> torch.Tensor:
+        """(B, b - a, L) consistency targets of ticks t+a .. t+b-1."""
+        later = {name: x[:, a:b].flatten(0, 1) for name, x in inputs.items()}
+        return _encode_targets(net, later).view(batch_size, b - a, -1)
+
+    split = 1 + (horizon + 1) // 2 if helper is not None and batch_size >= SPLIT_MIN_WINDOWS else 1
+    early = helper.submit(targets, 1, split) if split > 1 else None
+    z = net.encode(**{name: x[:, 0] for name, x in inputs.items()})  # (B, L)
+    late = targets(split, horizon + 1)
+    target = late if early is None else torch.cat([early.result(), late], dim=1)  # (B, H, L)
 
     def labels_at(h: int) -> dict[str, torch.Tensor]:
         return {name: y[:, h] for name, y in batch["labels"].items()}
@@ -193,7 +222,7 @@ def window_losses(
     for h in range(horizon):
         z = net.next(z, actions[:, h])
         weight = config.rho**h
-        consistency = consistency + weight * functional.mse_loss(z, targets[:, h])
+        consistency = consistency + weight * functional.mse_loss(z, target[:, h])
         consistency_weight_sum += weight
         head_weight = config.rho ** (h + 1)
         step_terms = _head_losses(net, z, labels_at(h + 1), batch["privileged"][:, h + 1])
@@ -218,6 +247,22 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per logged step
     validation: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _helper(config: TrainConfig) -> ThreadPoolExecutor | None:
+    """The thread that encodes targets and builds batches (TrainConfig.helper_thread)."""
+    if not config.helper_thread:
+        return None
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="wmpc-train-helper")
+
+
+def _submit(helper: ThreadPoolExecutor | None, fn: Callable, *args: Any) -> Future:
+    """fn(*args) on the helper thread, or here and now without one."""
+    if helper is not None:
+        return helper.submit(fn, *args)
+    done: Future = Future()
+    done.set_result(fn(*args))
+    return done
 
 
 def set_determinism(seed: int, threads: int) -> None:
@@ -295,12 +340,20 @@ def train(
     samples = 0
     stopped = ""
     running: dict[str, float] = {}
+    helper = _helper(config)
     for epoch in range(config.epochs):
         net.train()
         order = rng.permutation(data.starts)
-        for b in range(steps_per_epoch):
-            starts = order[b * config.batch_size : (b + 1) * config.batch_size]
-            loss, terms = window_losses(net, _batch(data, starts, horizon, pre), config)
+        chunks = [
+            order[b * config.batch_size : (b + 1) * config.batch_size]
+            for b in range(steps_per_epoch)
+        ]
+        pending = _submit(helper, _batch, data, chunks[0], horizon, pre)
+        for b, starts in enumerate(chunks):
+            loss, terms = window_losses(net, pending.result(), config, helper)
+            if b + 1 < len(chunks):
+                # The helper builds the next batch while this thread runs the backward pass.
+                pending = _submit(helper, _batch, data, chunks[b + 1], horizon, pre)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip_norm)
@@ -334,7 +387,7 @@ def train(
                 stopped = "stopped on request"
                 break
         if val is not None and val_starts.size:
-            val_terms = evaluate_windows(net, val, val_starts, horizon, pre, config)
+            val_terms = evaluate_windows(net, val, val_starts, horizon, pre, config, helper=helper)
             val_terms["epoch"] = epoch + 1
             result.validation.append(val_terms)
             say(
@@ -345,6 +398,8 @@ def train(
         if stopped:
             say(f"{stopped} after {step} steps")
             break
+    if helper is not None:
+        helper.shutdown()
     wall_s = time.perf_counter() - start
     # CPU seconds of all threads: on a shared machine, wall time alone misstates the speed.
     cpu_s = time.process_time() - cpu_start
@@ -398,14 +453,15 @@ def evaluate_windows(
     pre: Preprocessor,
     config: TrainConfig,
     batch_size: int = 256,
+    helper: ThreadPoolExecutor | None = None,
 ) -> dict[str, float]:
-    """Mean loss terms over the given windows, without gradients."""
+    """Mean loss terms over the given windows, without gradients (`helper`: window_losses)."""
     net.eval()
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, starts.size, batch_size):
             chunk = starts[i : i + batch_size]
-            _, terms = window_losses(net, _batch(data, chunk, horizon, pre), config)
+            _, terms = window_losses(net, _batch(data, chunk, horizon, pre), config, helper)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * chunk.size
     net.train()
