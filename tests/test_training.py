@@ -29,10 +29,10 @@ def episodes(synthetic_bags):
     return prepare_episodes(synthetic_bags, SMALL_IMAGES)
 
 
-def run(episodes, **overrides):
+def run(episodes, progress=lambda line: None, **overrides):
     train_eps, held_out = train.split_episodes(episodes, 0.25, 0)
     config = TrainConfig(**{**TINY, "epochs": 1, **overrides})
-    return train.train(train_eps, held_out, config, progress=lambda line: None)
+    return train.train(train_eps, held_out, config, progress=progress)
 
 
 def test_two_runs_with_one_seed_give_identical_weights(episodes):
@@ -48,8 +48,11 @@ def test_two_runs_with_one_seed_give_identical_weights(episodes):
 @pytest.mark.parametrize("horizon", [2, 3])
 def test_targets_encoded_on_a_helper_thread_give_the_same_weights(episodes, horizon):
     """The two-core path (TrainConfig.helper_thread) splits the encodings, not the numbers."""
-    one = run(episodes, seed=7, horizon=horizon, helper_thread=False)
-    two = run(episodes, seed=7, horizon=horizon, helper_thread=True)
+    lines: dict[bool, list[str]] = {False: [], True: []}
+    one = run(episodes, lines[False].append, seed=7, horizon=horizon, helper_thread=False)
+    two = run(episodes, lines[True].append, seed=7, horizon=horizon, helper_thread=True)
+    assert "1 torch thread(s) and a helper thread" in lines[True][0]
+    assert "helper" not in lines[False][0]
     first, second = one.net.state_dict(), two.net.state_dict()
     for name in first:
         assert torch.equal(first[name], second[name]), name

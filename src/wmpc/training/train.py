@@ -330,7 +330,8 @@ def train(
         f"training on {len(train_episodes)} episodes ({data.rows} ticks, {data.starts.size} "
         f"windows of {horizon + 1}), validating on {len(held_out)} "
         f"({val_starts.size if val is not None else 0} windows); {config.epochs} epochs x "
-        f"{steps_per_epoch} steps"
+        f"{steps_per_epoch} steps on {config.num_threads} torch thread(s)"
+        + (" and a helper thread" if config.helper_thread else "")
     )
     result = TrainResult(net, modalities, normalisation)
     start = time.perf_counter()
