@@ -109,6 +109,8 @@ def test_training_reduces_the_loss_and_checkpoints_round_trip(episodes, tmp_path
 def test_bad_training_settings_are_named(episodes):
     with pytest.raises(ConfigError, match="held_out_fraction"):
         TrainConfig(held_out_fraction=1.0)
+    with pytest.raises(ConfigError, match="image_dropout"):
+        TrainConfig(image_dropout=1.0)
     with pytest.raises(ValueError, match="no training window of 101 consecutive ticks"):
         run(episodes, horizon=100)
 
@@ -124,3 +126,29 @@ def test_training_without_the_wrist_wrench_drops_it_from_the_input(episodes):
     with_wrench = run(episodes)
     assert with_wrench.net.input_shapes["proprio"] == (joints + 9,)
     assert with_wrench.net.ee_index == joints
+
+
+def test_image_dropout_removes_the_image_of_a_seeded_share_of_windows(episodes, monkeypatch):
+    seen = []
+    window_losses = train.window_losses
+
+    def record(net, batch, config, helper=None):
+        images = batch["inputs"]["image"]
+        seen.append((images.flatten(1) == 0).all(dim=1).tolist())  # removed, per window
+        return window_losses(net, batch, config, helper)
+
+    monkeypatch.setattr(train, "window_losses", record)
+    first = run(episodes, seed=7, image_dropout=0.5, epochs=2)
+    removed = [flag for step in seen for flag in step]
+    assert 0.3 < sum(removed) / len(removed) < 0.7
+    seen.clear()
+    second = run(episodes, seed=7, image_dropout=0.5, epochs=2)
+    assert [flag for step in seen for flag in step] == removed
+    for name, value in first.net.state_dict().items():
+        assert torch.equal(value, second.net.state_dict()[name]), name
+    # Off (the default), no window loses its image and the weights are another run's.
+    seen.clear()
+    plain = run(episodes, seed=7, epochs=2)
+    assert not any(flag for step in seen for flag in step)
+    fuse = "fuse.0.weight"
+    assert not torch.equal(plain.net.state_dict()[fuse], first.net.state_dict()[fuse])

@@ -751,6 +751,12 @@ class TrainConfig:
         "feed the wrist wrench to the proprio input; false: the model reads contact force "
         "from touch and audio alone",
     )
+    image_dropout: float = param(
+        0.0,
+        "share of training windows whose image is removed (set to 0, its training mean, as "
+        "`wmpc ablate` removes it), so the model learns contact from touch and audio too",
+        non_negative,
+    )
     control_period_s: float = param(0.05, "tick spacing of the dataset (s)", positive)
     contact_threshold_n: float = param(
         0.5, "contact label when no privileged contact flag exists: force above this", positive
@@ -767,6 +773,11 @@ class TrainConfig:
         if self.held_out_fraction >= 1.0:
             raise ConfigError(
                 f"parameter 'held_out_fraction' = {self.held_out_fraction} must be below 1"
+            )
+        if self.image_dropout >= 1.0:
+            raise ConfigError(
+                f"parameter 'image_dropout' = {self.image_dropout} must be below 1 (a share "
+                "of the training windows)"
             )
 
 

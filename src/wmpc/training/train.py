@@ -292,6 +292,7 @@ def train(
     check_compatible(train_episodes + held_out)
     set_determinism(config.seed, config.num_threads)
     rng = np.random.default_rng(config.seed)
+    dropout_rng = np.random.default_rng([config.seed, 1])
     horizon = config.horizon
     data = stack_episodes(train_episodes, horizon)
     if data.starts.size == 0:
@@ -351,7 +352,12 @@ def train(
         ]
         pending = _submit(helper, _batch, data, chunks[0], horizon, pre)
         for b, starts in enumerate(chunks):
-            loss, terms = window_losses(net, pending.result(), config, helper)
+            batch = pending.result()
+            if config.image_dropout > 0:
+                # Its own generator: the batch order stays that of a run without dropout.
+                removed = dropout_rng.random(starts.size) < config.image_dropout
+                batch["inputs"]["image"][torch.from_numpy(removed)] = 0.0
+            loss, terms = window_losses(net, batch, config, helper)
             if b + 1 < len(chunks):
                 # The helper builds the next batch while this thread runs the backward pass.
                 pending = _submit(helper, _batch, data, chunks[b + 1], horizon, pre)
