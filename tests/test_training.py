@@ -45,7 +45,7 @@ def test_two_runs_with_one_seed_give_identical_weights(episodes):
     assert not torch.equal(first["fuse.0.weight"], other["fuse.0.weight"])
 
 
-@pytest.mark.parametrize("horizon", [2, 3])
+@pytest.mark.parametrize("horizon", [1, 2, 3])
 def test_targets_encoded_on_a_helper_thread_give_the_same_weights(episodes, horizon):
     """The two-core path (TrainConfig.helper_thread) splits the encodings, not the numbers."""
     lines: dict[bool, list[str]] = {False: [], True: []}

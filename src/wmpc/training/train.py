@@ -204,7 +204,11 @@ def window_losses(
         later = {name: x[:, a:b].flatten(0, 1) for name, x in inputs.items()}
         return _encode_targets(net, later).view(batch_size, b - a, -1)
 
-    split = 1 + (horizon + 1) // 2 if helper is not None and batch_size >= SPLIT_MIN_WINDOWS else 1
+    # Ticks 1 .. split-1 go to the helper, split .. H stay here; both shares non-empty, so
+    # a horizon of 1 is not split.
+    split = min(1 + (horizon + 1) // 2, horizon)
+    if helper is None or batch_size < SPLIT_MIN_WINDOWS:
+        split = 1
     early = helper.submit(targets, 1, split) if split > 1 else None
     z = net.encode(**{name: x[:, 0] for name, x in inputs.items()})  # (B, L)
     late = targets(split, horizon + 1)
