@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from wmpc import bench
 from wmpc.cli import main as wmpc_main
 from wmpc.config import PlannerConfig, PreprocessConfig, SafetyConfig, SensorBufferConfig
 from wmpc.model import WorldModel
-from wmpc.planning import Planner, PlanningError, plan_flops
+from wmpc.planning import Planner, PlanningError, noise_generator, plan_flops
 from wmpc.preprocess import INPUT_NAMES, Preprocessor, modalities_spec
 from wmpc.training import export, manifest, train
 from wmpc.training.dataset import ACTION_HIGH, ACTION_LOW
@@ -155,7 +156,7 @@ def _goal(task: str) -> Goal:
 
 def _numpy_noise(seed: int):
     """The normal samples `Planner` draws for `seed`, as torch tensors."""
-    rng = np.random.default_rng(seed)
+    rng = noise_generator(seed)
     return lambda shape: torch.from_numpy(rng.standard_normal(shape))
 
 
@@ -287,3 +288,22 @@ def test_torch_reference_refuses_a_non_finite_latent(model_dir, z):
     assert reference._previous_mean is None
     with pytest.raises(PlanningError, match="unknown task"):
         reference.plan(z, _goal("juggle"))
+
+
+def test_rollouts_at_the_planner_horizon_run_unrolled_with_the_same_outputs(model_dir):
+    model = WorldModel.load(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((32, model.latent_dim)).astype(np.float32)
+    low, high = model.action_space.low, model.action_space.high
+    actions = {h: rng.uniform(low, high, (32, h, low.size)) for h in (2, 3)}
+    scan = {h: model.rollout(z, a) for h, a in actions.items()}  # before: the Scan for all
+    Planner(model, PlannerConfig(samples=32, elites=4, horizon=3))  # asks for its horizon
+    assert model.prepare_horizon(3) and list(model._unrolled) == [3]
+    runs = []
+    unrolled = model._unrolled[3]
+    model._unrolled[3] = types.SimpleNamespace(run=lambda *a: runs.append(1) or unrolled.run(*a))
+    for h, a in actions.items():
+        again = model.rollout(z, a)
+        for name in scan[h]:
+            np.testing.assert_array_equal(again[name], scan[h][name])
+    assert runs == [1]  # H = 3 ran unrolled, H = 2 on the Scan

@@ -182,6 +182,12 @@ def test_the_runtime_runs_int8_files_on_the_cpu_kernels_unless_told_not_to(
     ee = {m: m.rollout(z, actions)["ee_position_m"] for m in (fast, plain, fp32)}
     # Both int8 ways stay near fp32: the ee is carried in float through the rollout.
     assert np.abs(ee[fast] - ee[fp32]).max() < 0.01 and np.abs(ee[plain] - ee[fp32]).max() < 0.01
+    # The lowered int8 graph unrolled for the planner's horizon computes the same numbers.
+    before = fast.rollout(z, actions)
+    assert fast.prepare_horizon(3)
+    after = fast.rollout(z, actions)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)
 
 
 def test_reexport_writes_the_fp32_files_from_the_checkpoint(

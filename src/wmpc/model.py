@@ -589,8 +589,11 @@ class WorldModel:
         sessions: Mapping[str, ort.InferenceSession],
         requested_providers: Sequence[str],
         int8_rewrites: Mapping[str, dict[str, int]] | None = None,
+        rollout_source: tuple[str | bytes, ort.SessionOptions] | None = None,
     ) -> None:
-        """`int8_rewrites`: part -> what `wmpc.int8_cpu` rewrote in it (none: as the files are)."""
+        """`int8_rewrites`: part -> what `wmpc.int8_cpu` rewrote in it (none: as the files are).
+        `rollout_source`: the rollout session's file (or lowered bytes) and options, from which
+        `prepare_horizon` opens an unrolled one (none: it cannot)."""
         self.manifest = manifest
         self.precision = precision
         self.encoder_session = sessions["encoder"]
@@ -609,6 +612,8 @@ class WorldModel:
         self.int8_rewrites = dict(int8_rewrites or {})
         self._head_names = [o.name for o in self.rollout_session.get_outputs()]
         self._heads = manifest.heads  # looked up on every rollout: build the dict once
+        self._rollout_source = rollout_source
+        self._unrolled: dict[int, ort.InferenceSession] = {}  # horizon -> session
 
     @classmethod
     def load(
@@ -644,7 +649,7 @@ class WorldModel:
             trt_cache_dir = Path(trt_cache_dir or Path.home() / ".cache" / "wmpc" / "trt")
             trt_cache_dir.mkdir(parents=True, exist_ok=True)
         options = session_options(intra_op_threads, qdq_cleanup and chosen[0] == CPU)
-        sessions, rewrites = {}, {}
+        sessions, rewrites, sources = {}, {}, {}
         for part in PARTS:
             profile = None
             if trt_profile_kh is not None:
@@ -668,7 +673,8 @@ class WorldModel:
                 ) from None
             _check_session(manifest, part, session, path)
             sessions[part] = session
-        model = cls(manifest, precision, sessions, providers, rewrites)
+            sources[part] = (source, options)
+        model = cls(manifest, precision, sessions, providers, rewrites, sources["rollout"])
         log.info(
             "loaded world model '%s' (%s) from %s on %s",
             manifest.name,
@@ -739,6 +745,44 @@ class WorldModel:
         feed = _feed(self.manifest.inputs["encoder"], inputs, "encode")
         return self.encoder_session.run(None, feed)[0]
 
+    def prepare_horizon(self, horizon: int) -> bool:
+        """Open a rollout session unrolled for `horizon` steps (`wmpc.unroll`), which
+        `rollout` then runs for that horizon; True when it did (or had already).
+
+        Only on the CPU provider, where it was measured (ONNX Runtime's Scan costs ~10 % of
+        a planner rollout there); TensorRT builds its own engine from the Scan graph, and
+        the change is not tested on it. A graph that cannot be unrolled keeps the Scan,
+        logged once.
+        """
+        if horizon in self._unrolled:
+            return True
+        if self.provider != CPU or self._rollout_source is None:
+            return False
+        import onnx
+
+        from wmpc.unroll import UnrollError, unroll_scan
+
+        source, options = self._rollout_source
+        graph = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+        try:
+            unrolled = unroll_scan(graph, horizon)
+        except UnrollError as exc:
+            log.info("rollout of '%s' not unrolled: %s", self.manifest.name, exc)
+            self._rollout_source = None  # so that this is said once
+            return False
+        try:
+            session = ort.InferenceSession(unrolled.SerializeToString(), options, providers=[CPU])
+        except ORT_ERRORS as exc:
+            raise ModelLoadError(
+                f"{self.manifest.path}: ONNX Runtime refused the rollout unrolled for H = "
+                f"{horizon} ({type(exc).__name__}: {str(exc).strip()[:300]})"
+            ) from None
+        if [o.name for o in session.get_outputs()] != self._head_names:
+            raise ManifestError(f"{self.manifest.path}: the unrolled rollout lost its outputs")
+        self._unrolled[horizon] = session
+        log.info("rollout of '%s' unrolled for H = %d", self.manifest.name, horizon)
+        return True
+
     def rollout(self, z: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         """z (1 or K, latent), actions (K, H, A) physical -> head -> (K, H, ...); one run."""
         actions = np.asarray(actions, dtype=np.float32)
@@ -755,7 +799,7 @@ class WorldModel:
         if z.shape[0] != k:
             z = np.broadcast_to(z, (k, self.latent_dim))  # (K, latent)
         feed = {"z": np.ascontiguousarray(z), "actions": np.ascontiguousarray(actions)}
-        out = self.rollout_session.run(None, feed)
+        out = self._unrolled.get(h, self.rollout_session).run(None, feed)
         heads = dict(zip(self._head_names, out, strict=True))
         for name, value in heads.items():
             want = (k, h, *self.heads[name].shape[2:])
