@@ -50,6 +50,11 @@ def test_graphs_it_cannot_unroll_are_named():
     backwards.graph.node[0].attribute.append(helper.make_attribute("scan_input_directions", [1]))
     with pytest.raises(UnrollError, match="backwards"):
         unroll_scan(backwards, 3)
+    old = onnx.ModelProto()
+    old.CopyFrom(scan_graph)
+    old.opset_import[0].version = 11
+    with pytest.raises(UnrollError, match="opset 11"):
+        unroll_scan(old, 3)
     no_scan = helper.make_model(
         helper.make_graph(
             [helper.make_node("Identity", ["x"], ["y"])],

@@ -422,7 +422,10 @@ class Planner:
         cfg = self.config
         score = self.cost_for(goal, self._push_target(z, goal))
         K, H, A = cfg.samples, cfg.horizon, self.centre.size
-        z_k = np.repeat(np.asarray(z, dtype=np.float32), K, axis=0)  # (K, latent): one copy
+        z = np.asarray(z, dtype=np.float32)
+        # (K, latent), repeated once per plan instead of per rollout; any other shape goes on
+        # to the rollout, which names what it expected.
+        z_k = np.repeat(z, K, axis=0) if z.ndim == 2 and z.shape[0] == 1 else z
         mean = self._initial_mean(H)  # (H, A)
         std = np.full((H, A), cfg.max_std)  # (H, A)
         for _ in range(cfg.iterations):

@@ -63,6 +63,11 @@ def unroll_scan(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
     nested = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     if any(a.type in nested for node in body.node for a in node.attribute):
         raise UnrollError("the Scan body holds a nested graph")
+    if body.sparse_initializer:
+        raise UnrollError("the Scan body holds sparse initializers")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:  # Unsqueeze takes its axes as an input from opset 13 on
+        raise UnrollError(f"opset {opset}: unrolling needs 13 or later")
 
     unrolled = onnx.ModelProto()
     unrolled.CopyFrom(model)
