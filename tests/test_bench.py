@@ -23,7 +23,7 @@ import tiny_model
 from wmpc import bench
 from wmpc.cli import main as wmpc_main
 from wmpc.config import PlannerConfig, PreprocessConfig, SafetyConfig, SensorBufferConfig
-from wmpc.model import WorldModel
+from wmpc.model import ManifestError, WorldModel
 from wmpc.planning import Planner, PlanningError, noise_generator, plan_flops
 from wmpc.preprocess import INPUT_NAMES, Preprocessor, modalities_spec
 from wmpc.training import export, manifest, train
@@ -307,3 +307,12 @@ def test_rollouts_at_the_planner_horizon_run_unrolled_with_the_same_outputs(mode
         for name in scan[h]:
             np.testing.assert_array_equal(again[name], scan[h][name])
     assert runs == [1]  # H = 3 ran unrolled, H = 2 on the Scan
+
+
+def test_an_unrolled_rollout_is_made_only_from_the_file_the_manifest_promises(tmp_path):
+    changed = _export_small_model(tmp_path / "changed")
+    model = WorldModel.load(changed, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    rollout = changed / "rollout.onnx"
+    rollout.write_bytes(rollout.read_bytes() + b"\0")  # changed after the checked load
+    with pytest.raises(ManifestError, match="changed on disk since it was loaded"):
+        model.prepare_horizon(3)

@@ -763,7 +763,15 @@ class WorldModel:
         from wmpc.unroll import UnrollError, unroll_scan
 
         source, options = self._rollout_source
-        graph = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+        if not isinstance(source, bytes):  # the file itself: read it again, as checked at load
+            promised = self.manifest.files["rollout"][self.precision].sha256
+            source = Path(source).read_bytes()
+            if hashlib.sha256(source).hexdigest() != promised:
+                raise ManifestError(
+                    f"{self.manifest.path}: the rollout file changed on disk since it was "
+                    "loaded (its sha256 is no longer the manifest's); reload the model"
+                )
+        graph = onnx.load_from_string(source)
         try:
             unrolled = unroll_scan(graph, horizon)
         except UnrollError as exc:
