@@ -1,5 +1,5 @@
 """Check this host: ROS 2 and DDS, ONNX Runtime providers, MuJoCo rendering, serial ports,
-and the shipped model's manifest and checksums.
+the planner's compiled loops, and the shipped model's manifest and checksums.
 
 Each line is OK, WARN (works, degraded or optional) or FAIL. Exit code 0 when nothing
 failed, 1 otherwise. On a GPU host, look for CUDAExecutionProvider and
@@ -97,6 +97,23 @@ def check_serial() -> tuple[str, str]:
     return OK, ", ".join(ports)
 
 
+def check_planner() -> tuple[str, str]:
+    """The planner's compiled loops: numba's version, and how long they take to be ready."""
+    import time
+
+    import numba
+
+    from wmpc import planning_kernels
+
+    start_s = time.perf_counter()
+    planning_kernels.compile_kernels()
+    took_s = time.perf_counter() - start_s
+    return OK, (
+        f"numba {numba.__version__}: planner loops ready in {took_s:.1f} s (compiled on the "
+        "first run, then loaded from numba's cache)"
+    )
+
+
 def check_model(model_dir: str) -> tuple[str, str]:
     """Load the model as the runtime does: manifest, sha256, shapes, providers."""
     from wmpc.model import WorldModel
@@ -116,6 +133,7 @@ def run(args) -> int:
         ("onnxruntime", check_onnxruntime),
         ("mujoco egl", check_mujoco),
         ("serial ports", check_serial),
+        ("planner loops", check_planner),
         ("model session", lambda: check_model(args.model)),
     ]
     results = []
