@@ -69,6 +69,12 @@ class TaskCost:
     marker_m: np.ndarray | None = None  # (2,) remembered marker x, y (press; Planner.plan)
     push_target_m: np.ndarray | None = None  # (3,) where the pad should go (push; PushGuide)
 
+    def __post_init__(self) -> None:
+        if self.goal.task not in TASK_HEADS:
+            raise PlanningError(
+                f"unknown task '{self.goal.task}'; choose one of {list(TASK_HEADS)}"
+            )
+
     @property
     def desired_normal_force_n(self) -> float:
         """Normal force the goal asks for: pressing down (-z of base) is positive."""
@@ -108,10 +114,6 @@ class TaskCost:
         """(K,) totals, and the terms into `terms` when it has K rows."""
         actions = np.ascontiguousarray(actions, dtype=np.float64)  # (K, H, A)
         # The kernel indexes without bounds checks: every head it reads must be there, whole.
-        if self.goal.task not in TASK_HEADS:
-            raise PlanningError(
-                f"unknown task '{self.goal.task}'; choose one of {list(TASK_HEADS)}"
-            )
         missing = [name for name in TASK_HEADS[self.goal.task] if name not in heads]
         k, h, a = actions.shape
         wrong = [
@@ -376,8 +378,6 @@ class Planner:
 
     def cost_for(self, goal: Goal, push_target_m: np.ndarray | None = None) -> TaskCost:
         """The task cost of `goal`; PlanningError if the task or a head it reads is missing."""
-        if goal.task not in TASK_HEADS:
-            raise PlanningError(f"unknown task '{goal.task}'; choose one of {list(TASK_HEADS)}")
         marker_m = self.marker_memory.estimate_m(goal)
         cost = TaskCost(
             self.config, goal, *self.workspace, self._ee_now_m, marker_m, push_target_m
@@ -422,16 +422,12 @@ class Planner:
         cfg = self.config
         score = self.cost_for(goal, self._push_target(z, goal))
         K, H, A = cfg.samples, cfg.horizon, self.centre.size
-        z = np.asarray(z, dtype=np.float32)
-        # (K, latent), repeated once per plan instead of per rollout; any other shape goes on
-        # to the rollout, which names what it expected.
-        z_k = np.repeat(z, K, axis=0) if z.ndim == 2 and z.shape[0] == 1 else z
         mean = self._initial_mean(H)  # (H, A)
         std = np.full((H, A), cfg.max_std)  # (H, A)
         for _ in range(cfg.iterations):
             noise = self.rng.standard_normal((K, H, A))
             samples, actions = self._sample(mean, std, noise)  # (K, H, A) normalised, physical
-            heads = self.model.rollout(z_k, actions)  # head -> (K, H, ...)
+            heads = self.model.rollout(z, actions)  # head -> (K, H, ...)
             cost = score(heads, actions, samples, self._previous_action)  # (K,)
             self._require_finite(cost)
             mean, std = self._refit(cost, samples)  # (H, A) each, from the elites

@@ -77,7 +77,8 @@ def unroll_scan(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
     body_inputs = [i.name for i in body.input]
     body_outputs = [o.name for o in body.output]
     produced = {name for node in body.node for name in node.output} | set(body_inputs)
-    constants = [prefix + t.name for t in body.initializer]
+    constants = {prefix + t.name for t in body.initializer}
+    axes_made: set[str] = set()  # the Unsqueeze axes initializers added so far
     nodes: list[onnx.NodeProto] = []
     initializers = [
         numpy_helper.from_array(numpy_helper.to_array(t), prefix + t.name)
@@ -117,7 +118,8 @@ def unroll_scan(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
         for i, (name, axis) in enumerate(zip(body_outputs[n_state:], output_axes, strict=True)):
             one = f"{prefix}t{t}/{name}/stacked"
             axes = f"{prefix}axis{axis}"
-            if axes not in {init.name for init in initializers}:
+            if axes not in axes_made:
+                axes_made.add(axes)
                 initializers.append(
                     numpy_helper.from_array(np.array([axis], dtype=np.int64), axes)
                 )
