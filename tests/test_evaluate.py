@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +27,16 @@ from conftest import relog_bag, write_synthetic_bag
 from wmpc import cli
 from wmpc.bag.reader import BagError, open_bag
 from wmpc.bag.writer import BagWriter
-from wmpc.config import ConfigError
-from wmpc.evaluate import TIMING_KEYS, bench_evaluate, evaluate, load_models, runtime_settings
+from wmpc.config import ConfigError, EvaluateConfig
+from wmpc.evaluate import (
+    TIMING_KEYS,
+    EvaluateError,
+    bench_evaluate,
+    evaluate,
+    load_models,
+    runtime_settings,
+)
+from wmpc.runtime import ControlLoop
 
 # A smaller planner budget than the default keeps each pass well under a second; the
 # evaluation code path is the same.
@@ -138,6 +151,62 @@ def test_deterministic_and_counts_match_the_bag(capsys, world, clean):
     assert model["staleness_ms"]["image"]["missing_ticks"] == 0
     for key in ("position_error_m", "force_error_n", "planned_step_error_m"):
         assert model["commands"][key]["count"] > 0 and model["commands"][key]["mean"] >= 0
+
+
+def _engine(world, processes: int):
+    runtime = runtime_settings(world["params"])
+    models = load_models([world["model_a"]], runtime.model)
+    config = EvaluateConfig(processes=processes)
+    return evaluate(world["bag"], models, config=config, runtime=runtime).runs[0]
+
+
+def test_planning_in_a_forked_process_gives_the_same_results(world):
+    """processes=2 (the default: ticks planned in a forked process) against every tick in
+    turn in this process: the same summary and the same per-tick commands, bit for bit."""
+    in_turn, forked = _engine(world, 1), _engine(world, 2)
+    assert in_turn.summary["ticks"]["planned"] > 0
+    drop = set(TIMING_KEYS)
+    assert {k: v for k, v in forked.summary.items() if k not in drop} == {
+        k: v for k, v in in_turn.summary.items() if k not in drop
+    }
+    for name, values in in_turn.series.items():
+        if "latency" not in name:
+            np.testing.assert_array_equal(forked.series[name], values, err_msg=name)
+    assert forked.summary["latency_ms"]["plans"] == in_turn.summary["latency_ms"]["plans"]
+
+
+def test_a_failing_planner_process_is_reported_and_nothing_is_left_running(world, monkeypatch):
+    """A bug in the forked planner comes back with its traceback; a planner process that
+    dies says so with its exit code; Ctrl-C mid-replay ends the planner process too."""
+    real_decide = ControlLoop.decide
+
+    def buggy(self, sensed):
+        if sensed.stamp_s > 1.0:
+            raise KeyError("a bug in the planner")
+        return real_decide(self, sensed)
+
+    monkeypatch.setattr(ControlLoop, "decide", buggy)
+    with pytest.raises(RuntimeError, match=r"(?s)planner's process failed.*KeyError"):
+        _engine(world, 2)
+    with pytest.raises(KeyError, match="a bug in the planner"):
+        _engine(world, 1)
+
+    monkeypatch.setattr(ControlLoop, "decide", lambda self, sensed: os._exit(3))
+    with pytest.raises(EvaluateError, match="exit code 3"):
+        _engine(world, 2)
+    monkeypatch.setattr(ControlLoop, "decide", real_decide)
+
+    real_sense = ControlLoop.sense
+
+    def interrupted(self, now_s, goal):
+        if now_s > 1.0:
+            raise KeyboardInterrupt
+        return real_sense(self, now_s, goal)
+
+    monkeypatch.setattr(ControlLoop, "sense", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _engine(world, 2)
+    assert multiprocessing.active_children() == []
 
 
 def test_ee_prediction_error_is_the_rollout_on_the_recorded_actions(world, clean):
@@ -307,5 +376,45 @@ def test_bench_evaluate_reports_the_realtime_factor(world):
     runtime = runtime_settings(world["params"])
     figures = bench_evaluate(world["bag"], world["model_a"], runtime)
     assert figures["evaluate_rtf"] > 0 and math.isfinite(figures["evaluate_rtf"])
+    assert figures["evaluate_processes"] == 2
+    rtf_one = figures["evaluate_rtf_one_process"]
+    assert rtf_one > 0 and math.isfinite(rtf_one)
     assert figures["evaluate_ticks"] == TICKS
     assert figures["evaluate_bag_s"] == pytest.approx((TICKS - 1) * 0.05, abs=0.06)
+
+
+def test_ctrl_c_stops_the_evaluation_and_its_planner_process(world, tmp_path):
+    """A real SIGINT to the process group (what Ctrl-C in a terminal sends) mid-replay: exit
+    130, one line, no traceback, and no process of the group left behind."""
+    bag = write_synthetic_bag(tmp_path / "long", seed=5, ticks=1000)  # 50 s of bag time
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wmpc.cli", "evaluate", str(bag), "--model", str(world["model_a"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "evaluating on" in line:
+                break
+        time.sleep(0.5)  # into the replay: the planner's process is running
+        assert proc.poll() is None, "the evaluation ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "interrupted" in err.lower(), err
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # raises once no process of the group is left
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("a process of the evaluation outlived it")

@@ -1070,6 +1070,12 @@ class EvaluateConfig:
         [1, 5, 10], "rollout steps at which each head's prediction error is reported", _horizons
     )
     rollout_batch: int = param(256, "prediction windows rolled out per model call", positive)
+    processes: int = param(
+        2,
+        "2: plans in a forked process while this one replays the bag and encodes (the same "
+        "results, faster on 2+ CPUs); 1: every tick in turn in one process",
+        one_of(1, 2),
+    )
     progress_period_s: float = param(
         2.0, "wall-clock seconds between progress lines on stderr", positive
     )

@@ -23,6 +23,12 @@ the prediction errors here are the manifest's accuracy figures, measured on this
 
 A damaged bag is evaluated up to its damage; the BagError that describes the damage is kept
 in the result (`Evaluation.damage`) for the caller to raise once the report is written.
+
+Each tick is the runtime's own `ControlLoop.tick` in its two halves: `sense` (the buffer's
+observation, preprocessed and encoded) next to the replay, and `decide` (plan and safety
+filter). By default (`EvaluateConfig.processes` = 2) `decide` runs in a forked process while
+this one reads on, since nothing the bag replays depends on a plan; the results are the same
+as in one process, bit for bit.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from wmpc.config import (
 from wmpc.errors import WmpcError
 from wmpc.model import WorldModel
 from wmpc.planning import TASK_HEADS
-from wmpc.runtime import INFERENCE_ERRORS, ControlLoop, TickResult
+from wmpc.runtime import INFERENCE_ERRORS, ControlLoop, Sensed, TickResult
 from wmpc.sensors import MODALITIES
 from wmpc.training.dataset import (
     LABELS,
@@ -300,7 +306,8 @@ class _EvaluationBuilder(EpisodeBuilder):
         self.task = task
         self.goal_pose: Pose | None = None
         self.goal_wrench = Wrench.zero()
-        self.ticks: list[_Tick] = []
+        self.decisions: _Decisions = _InTurn(loop)
+        self.ticks: list[_Tick] = []  # filled from `decisions` once the replay is over
         self.latents: dict[int, np.ndarray] = {}  # tick index -> z (latent,)
         self.recorded_pose: list[tuple[int, np.ndarray]] = []  # (stamp ns, target position)
         self.recorded_force: list[tuple[int, float]] = []  # (stamp ns, normal force)
@@ -341,17 +348,17 @@ class _EvaluationBuilder(EpisodeBuilder):
 
     def _observe(self, tick_ns: int) -> None:
         index = self.tick_count
-        result = self.loop.tick(tick_ns / NS, self.goal())
-        z = result.z
-        if z is None and result.observation is not None:
+        sensed = self.loop.sense(tick_ns / NS, self.goal())
+        self.decisions.submit(index, sensed)
+        z = sensed.z
+        if z is None and sensed.observation is not None:
             # No goal, so no plan: encode anyway, the predictions need the latent state.
             try:
-                z = self.loop.model.encode(self.loop.preprocess(result.observation))
+                z = self.loop.model.encode(self.loop.preprocess(sensed.observation))
             except INFERENCE_ERRORS as exc:
                 log.debug("tick %d: cannot encode: %s", index, exc)
         if z is not None and np.all(np.isfinite(z)):
             self.latents[index] = np.asarray(z[0], dtype=np.float32)
-        self.ticks.append(_tick_record(index, result))
         self.last_tick_ns = tick_ns
         super()._observe(tick_ns)
         if self.schedule_ns is not None:
@@ -374,6 +381,124 @@ def _tick_record(index: int, result: TickResult) -> _Tick:
         problems=list(result.problems),
         violations=list(result.violations),
     )
+
+
+class _Decisions:
+    """Where the builder hands each tick's first half (`ControlLoop.sense`) to be decided."""
+
+    def submit(self, index: int, sensed: Sensed) -> None:
+        """Decide tick `index` (now or later, always in the order submitted)."""
+        raise NotImplementedError
+
+    def ticks(self) -> list[_Tick]:
+        """Every submitted tick's record, in order, once all are decided."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what deciding holds (nothing here)."""
+
+
+class _InTurn(_Decisions):
+    """Each tick decided as soon as it is sensed, in this process: `ControlLoop.tick`."""
+
+    def __init__(self, loop: ControlLoop):
+        self.loop = loop
+        self.records: list[_Tick] = []
+
+    def submit(self, index: int, sensed: Sensed) -> None:
+        self.records.append(_tick_record(index, self.loop.decide(sensed)))
+
+    def ticks(self) -> list[_Tick]:
+        return self.records
+
+
+class _Forked(_Decisions):
+    """Ticks decided (planned and filtered) in a forked process while this one replays.
+
+    A plan is ~3/4 of a tick and the bag's reading, decoding, buffering and encoding the
+    rest; they depend on nothing a plan decides (the bag is open loop), so on two CPUs the
+    two halves overlap. The child is a fork of this process made before the first tick, so
+    its loop (model, planner, compiled search loops, safety filter) is this one's in the
+    same state, and it decides the same ticks in the same order: the same results as
+    `_InTurn`, bit for bit (tests/test_evaluate.py). Each tick's latency is still that of
+    both halves added, as the runtime would take them in turn.
+    """
+
+    def __init__(self, loop: ControlLoop):
+        import multiprocessing
+
+        try:
+            context = multiprocessing.get_context("fork")
+        except ValueError:
+            raise EvaluateError(
+                "this platform cannot fork a process for the planner; use --processes 1"
+            ) from None
+        self.count, self.finished = 0, False
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(
+            target=_decide_in_child, args=(loop, child_conn), name="wmpc-evaluate-planner"
+        )
+        self.process.start()
+        child_conn.close()
+
+    def submit(self, index: int, sensed: Sensed) -> None:
+        # The observation (a camera frame, audio) is the bulk of a tick and decide() does
+        # not read it.
+        try:
+            self.conn.send((index, dataclasses.replace(sensed, observation=None)))
+        except (BrokenPipeError, ConnectionResetError):
+            self._receive()  # the child stopped early: raises what it said, or that it died
+            raise RuntimeError("the planner's process stopped before the end") from None
+        self.count += 1
+
+    def ticks(self) -> list[_Tick]:
+        self.conn.send(None)
+        records = self._receive()
+        self.finished = True
+        if len(records) != self.count:  # a broken pipe would have raised; this is a bug
+            raise RuntimeError(f"the planner decided {len(records)} of {self.count} ticks")
+        return records
+
+    def _receive(self) -> list[_Tick]:
+        """The child's records, or its failure raised here."""
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, ConnectionResetError):
+            self.process.join(timeout=5.0)
+            raise EvaluateError(
+                f"the planner's process ended without its results (exit code "
+                f"{self.process.exitcode}); run again with --processes 1 to plan in turn"
+            ) from None
+        if kind == "error":
+            raise RuntimeError(f"the planner's process failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+        if not self.finished:  # interrupted or failed mid-replay: its ticks are not wanted
+            self.process.terminate()
+        self.process.join()
+
+
+def _decide_in_child(loop: ControlLoop, conn) -> None:
+    """The forked planner: decide each (index, Sensed) received, then send the records."""
+    import signal
+    import traceback
+
+    # Ctrl-C reaches the whole process group: the parent handles it and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    records: list[_Tick] = []
+    try:
+        while (item := conn.recv()) is not None:
+            index, sensed = item
+            records.append(_tick_record(index, loop.decide(sensed)))
+        conn.send(("ticks", records))
+    except EOFError:
+        pass  # the parent went away (interrupted): nobody wants the records
+    except BaseException:  # a bug in the planner: its traceback goes home
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 # ---- one model over the bag ------------------------------------------------------------------
@@ -487,7 +612,17 @@ class _Pass:
             tick_stamps_s=self.tick_stamps_s,
         )
         counts = {name: TopicCount(kinds[name]) for name in sorted(names)}
-        offset_ns, start_ns, end_ns = self._replay(bag, wanted, kinds, builder, counts)
+        if self.config.processes == 2:
+            builder.decisions = _Forked(loop)
+        try:
+            offset_ns, start_ns, end_ns = self._replay(bag, wanted, kinds, builder, counts)
+            if end_ns is not None:
+                # Ticks stop where the bag ends (in stamp time): a message stamped later is
+                # still offered to the buffer, but no tick waits for it.
+                builder.advance(math.inf, end_ns)
+            builder.ticks = builder.decisions.ticks()
+        finally:
+            builder.decisions.close()
         if abs(offset_ns) > MAX_LATENCY_S * NS:
             log.warning(
                 "%s: header stamps are %.1f s off the log times (recorded without "
@@ -500,10 +635,6 @@ class _Pass:
             for t in bag.topics()
             if t.name not in kinds and t.count
         }
-        if end_ns is not None:
-            # Ticks stop where the bag ends (in stamp time): a message stamped later is still
-            # offered to the buffer, but no tick waits for it.
-            builder.advance(math.inf, end_ns)
         wall_s = time.perf_counter() - start_wall
         span_s = 0.0 if end_ns is None else (end_ns - start_ns) / NS  # in stamp time
         stats = loop.buffer.stats()
@@ -534,6 +665,7 @@ class _Pass:
                 "wall_s": _round(wall_s),
                 "bag_s": _round(span_s),
                 "realtime_factor": _round(span_s / wall_s) if wall_s > 0 else None,
+                "processes": self.config.processes,
             },
         }
         series: dict[str, np.ndarray] = {}
@@ -617,7 +749,7 @@ class _Pass:
                     total = f" of {span_ns / NS:.1f}" if span_ns else ""
                     self.progress(
                         f"{self.label}: {done_s:.1f}{total} s of the bag's log, "
-                        f"{len(builder.ticks)} ticks"
+                        f"{builder.tick_count} ticks"
                     )
         except BagError as exc:
             self.damage = str(exc)
@@ -924,10 +1056,11 @@ def evaluate(
             damage = damage or one.damage
             if progress is not None:
                 speed = runs[-1].summary["speed"]
+                how = "planner in a second process" if speed["processes"] == 2 else "one process"
                 progress(
                     f"{label}: {runs[-1].summary['ticks']['grid']} ticks over "
                     f"{speed['bag_s']:.1f} s of bag time in {speed['wall_s']:.1f} s "
-                    f"({speed['realtime_factor'] or 0:.1f}x real time)"
+                    f"({speed['realtime_factor'] or 0:.1f}x real time, {how})"
                 )
     return Evaluation(bag_path, task, source, tuple(config.horizons), runs, damage)
 
@@ -935,21 +1068,30 @@ def evaluate(
 def bench_evaluate(
     bag: str | Path, model_dir: str | Path = "", runtime: RuntimeSettings | None = None
 ) -> dict[str, Any]:
-    """`evaluate_rtf` (bag time / wall time of the evaluation, model loading excluded) & co."""
+    """`evaluate_rtf` (bag time / wall time of the evaluation, model loading excluded) & co.
+
+    As `wmpc evaluate` runs by default (the planner in a second process), then once more with
+    every tick in turn in one process (`evaluate_rtf_one_process`), on the same loaded model:
+    the two figures are measured minutes apart at most, so their ratio means something on a
+    host whose speed drifts.
+    """
     runtime = runtime or RuntimeSettings()
     (model,) = load_models([model_dir], runtime.model)
-    evaluation = evaluate(bag, [model], runtime=runtime)
-    summary = evaluation.runs[0].summary
-    speed, latency = summary["speed"], summary["latency_ms"]
-    return {
-        "evaluate_rtf": speed["realtime_factor"],
-        "evaluate_bag_s": speed["bag_s"],
-        "evaluate_wall_s": speed["wall_s"],
-        "evaluate_ticks": summary["ticks"]["grid"],
-        "evaluate_tick_p50_ms": latency["tick_p50"],
-        "evaluate_tick_p99_ms": latency["tick_p99"],
-        "evaluate_provider": summary["provider"],
-    }
+    figures: dict[str, Any] = {}
+    for processes, suffix in ((2, ""), (1, "_one_process")):
+        config = EvaluateConfig(processes=processes)
+        summary = evaluate(bag, [model], config=config, runtime=runtime).runs[0].summary
+        speed, latency = summary["speed"], summary["latency_ms"]
+        figures[f"evaluate_rtf{suffix}"] = speed["realtime_factor"]
+        figures[f"evaluate_wall_s{suffix}"] = speed["wall_s"]
+        figures[f"evaluate_tick_p50_ms{suffix}"] = latency["tick_p50"]
+        figures[f"evaluate_tick_p99_ms{suffix}"] = latency["tick_p99"]
+        if not suffix:
+            figures["evaluate_processes"] = speed["processes"]
+            figures["evaluate_bag_s"] = speed["bag_s"]
+            figures["evaluate_ticks"] = summary["ticks"]["grid"]
+            figures["evaluate_provider"] = summary["provider"]
+    return figures
 
 
 # ---- output: table, HTML report, plots ------------------------------------------------------

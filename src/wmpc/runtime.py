@@ -47,6 +47,24 @@ class TickResult:
     z: np.ndarray | None = field(default=None, repr=False)  # (1, latent) when encoded
 
 
+@dataclass(frozen=True)
+class Sensed:
+    """The first half of a tick (`ControlLoop.sense`): what `decide` plans from."""
+
+    stamp_s: float
+    goal: Goal | None
+    observation: Observation | None  # None when a modality was missing or stale
+    ee_pose: Pose | None  # the observation's end-effector pose (what a step is taken from)
+    measured_pose: Pose | None  # the latest end-effector pose, even a stale one
+    staleness_s: dict[str, float]
+    problems: list[str]  # missing/stale modalities, no goal, a failed encode
+    z: np.ndarray | None = field(repr=False)  # (1, latent) when encoded
+    inference_error: str  # the failed encode's error ("" when none)
+    estop: bool  # the e-stop input when the tick began
+    latency_s: float  # wall time of this half
+    encode_s: float  # of which preprocessing and encoding
+
+
 def command_from_action(
     action: np.ndarray, reference: Pose, stamp_s: float, frame_id: str = "base"
 ) -> Command:
@@ -172,54 +190,94 @@ class ControlLoop:
 
     def tick(self, now_s: float, goal: Goal | None) -> TickResult:
         """Plan and filter one command at `now_s` (ROS clock seconds) towards `goal`."""
+        return self.decide(self.sense(now_s, goal))
+
+    def sense(self, now_s: float, goal: Goal | None) -> Sensed:
+        """The tick's first half: the buffer's observation at `now_s`, encoded (with a goal).
+
+        `wmpc evaluate` runs this half next to the bag replay and `decide` in another process
+        (the second one needs nothing from the buffer); `tick` runs both in turn.
+        """
         start = time.perf_counter()
         with self._buffer_lock:
             snapshot = self.buffer.observation(now_s)
             measured_pose = self._measured_pose()
         problems = list(snapshot.problems)
-        plan, proposed, z, plan_latency_s = None, None, None, 0.0
-        inference_error = ""
+        z, inference_error, encode_s = None, "", 0.0
         if goal is None:
             problems.append("goal: none received yet")
         if snapshot.observation is not None and goal is not None:
-            plan_start = time.perf_counter()
+            encode_start = time.perf_counter()
             try:
-                inputs = self.preprocess(snapshot.observation)
-                z = self.model.encode(inputs)  # (1, latent)
-                self.planner.observe(snapshot.observation.ee_pose.position_m)
-                plan = self.planner.plan(z, Goal(goal.pose, goal.wrench, self.task))
+                z = self.model.encode(self.preprocess(snapshot.observation))  # (1, latent)
+            except INFERENCE_ERRORS as exc:
+                inference_error = f"{type(exc).__name__}: {exc}"
+                problems.append(f"inference: {inference_error}")
+            encode_s = time.perf_counter() - encode_start
+        return Sensed(
+            stamp_s=now_s,
+            goal=goal,
+            observation=snapshot.observation,
+            ee_pose=None if snapshot.observation is None else snapshot.observation.ee_pose,
+            measured_pose=measured_pose,
+            staleness_s=snapshot.staleness_s,
+            problems=problems,
+            z=z,
+            inference_error=inference_error,
+            estop=self.estop_requested,
+            latency_s=time.perf_counter() - start,
+            encode_s=encode_s,
+        )
+
+    def decide(self, sensed: Sensed) -> TickResult:
+        """The tick's second half: plan from `sensed.z`, then the safety filter.
+
+        It reads nothing of `sensed.observation` (which may be left out to send `sensed` to
+        another process cheaply) and nothing of the buffer but its fixed configuration.
+        """
+        start = time.perf_counter()
+        problems = list(sensed.problems)
+        plan, proposed, plan_latency_s = None, None, 0.0
+        inference_error = sensed.inference_error
+        if sensed.z is not None and sensed.goal is not None and sensed.ee_pose is not None:
+            plan_start = time.perf_counter()
+            goal, reference = sensed.goal, sensed.ee_pose
+            try:
+                self.planner.observe(reference.position_m)
+                plan = self.planner.plan(sensed.z, Goal(goal.pose, goal.wrench, self.task))
                 # The step is taken from the measured pose, not the last command: the model
                 # predicts ee' = ee + step from what it observes, and nothing it observes says
                 # where an earlier command still pulls the arm. Stepping from the last command
                 # let command and arm drift apart (reach: 1 of 2 seeds, 3 of 3 after).
-                reference = snapshot.observation.ee_pose
-                proposed = command_from_action(plan.actions[0], reference, now_s)
+                proposed = command_from_action(plan.actions[0], reference, sensed.stamp_s)
             except INFERENCE_ERRORS as exc:
                 inference_error = f"{type(exc).__name__}: {exc}"
                 problems.append(f"inference: {inference_error}")
                 plan = None
-            plan_latency_s = time.perf_counter() - plan_start
+            plan_latency_s = sensed.encode_s + time.perf_counter() - plan_start
+        elif sensed.inference_error:
+            plan_latency_s = sensed.encode_s  # the encode failed: no plan, but it took time
         inputs = SafetyInputs(
-            stamp_s=now_s,
-            measured_pose=measured_pose,
+            stamp_s=sensed.stamp_s,
+            measured_pose=sensed.measured_pose,
             # Only what the model reads: the age of a wrench it ignores must not hold the arm.
             sensor_age_s={
-                m: age for m, age in snapshot.staleness_s.items() if m in self.buffer.required
+                m: age for m, age in sensed.staleness_s.items() if m in self.buffer.required
             },
-            estop=self.estop_requested,
+            estop=sensed.estop,
             inference_error=inference_error,
         )
         command, violations, self.state = self.safety.filter(proposed, inputs, self.state)
         return TickResult(
-            stamp_s=now_s,
+            stamp_s=sensed.stamp_s,
             command=command,
             violations=violations,
             plan=plan,
-            observation=snapshot.observation,
-            staleness_s=snapshot.staleness_s,
+            observation=sensed.observation,
+            staleness_s=sensed.staleness_s,
             problems=problems,
-            latency_s=time.perf_counter() - start,
+            latency_s=sensed.latency_s + time.perf_counter() - start,
             plan_latency_s=plan_latency_s,
             proposed=proposed,
-            z=z,
+            z=sensed.z,
         )
