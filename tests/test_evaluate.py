@@ -374,11 +374,13 @@ def test_bad_inputs_exit_2_with_one_line(capsys, world, tmp_path):
 
 def test_bench_evaluate_reports_the_realtime_factor(world):
     runtime = runtime_settings(world["params"])
-    figures = bench_evaluate(world["bag"], world["model_a"], runtime)
+    figures = bench_evaluate(world["bag"], world["model_a"], runtime, rounds=2)
     assert figures["evaluate_rtf"] > 0 and math.isfinite(figures["evaluate_rtf"])
     assert figures["evaluate_processes"] == 2
     rtf_one = figures["evaluate_rtf_one_process"]
     assert rtf_one > 0 and math.isfinite(rtf_one)
+    assert len(figures["evaluate_rtf_runs"]) == len(figures["evaluate_rtf_runs_one_process"]) == 2
+    assert min(figures["evaluate_rtf_runs"]) <= figures["evaluate_rtf"]
     assert figures["evaluate_ticks"] == TICKS
     assert figures["evaluate_bag_s"] == pytest.approx((TICKS - 1) * 0.05, abs=0.06)
 
