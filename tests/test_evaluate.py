@@ -175,6 +175,19 @@ def test_planning_in_a_forked_process_gives_the_same_results(world):
     assert forked.summary["latency_ms"]["plans"] == in_turn.summary["latency_ms"]["plans"]
 
 
+def test_a_gpu_model_plans_in_one_process_and_says_so(world, caplog):
+    """CUDA cannot be used in a forked child of a process that initialised it, so a model on
+    a GPU provider plans in the evaluating process. There is no GPU here: the loaded model's
+    provider name is set by hand (its sessions still run on the CPU)."""
+    runtime = runtime_settings(world["params"])
+    (model,) = load_models([world["model_a"]], runtime.model)
+    model.provider = "CUDAExecutionProvider"
+    with caplog.at_level("WARNING", logger="wmpc.evaluate"):
+        run = evaluate(world["bag"], [model], runtime=runtime).runs[0]
+    assert run.summary["speed"]["processes"] == 1
+    assert "cannot use its GPU context" in caplog.text
+
+
 def test_a_failing_planner_process_is_reported_and_nothing_is_left_running(world, monkeypatch):
     """A bug in the forked planner comes back with its traceback; a planner process that
     dies says so with its exit code; Ctrl-C mid-replay ends the planner process too."""

@@ -1073,7 +1073,7 @@ class EvaluateConfig:
     processes: int = param(
         2,
         "2: plans in a forked process while this one replays the bag and encodes (the same "
-        "results, faster on 2+ CPUs); 1: every tick in turn in one process",
+        "results, faster on 2+ CPUs; CPU models only); 1: every tick in turn in one process",
         one_of(1, 2),
     )
     progress_period_s: float = param(

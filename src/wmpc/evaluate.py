@@ -62,7 +62,7 @@ from wmpc.config import (
     read_parameter_file,
 )
 from wmpc.errors import WmpcError
-from wmpc.model import WorldModel
+from wmpc.model import CPU, WorldModel
 from wmpc.planning import TASK_HEADS
 from wmpc.runtime import INFERENCE_ERRORS, ControlLoop, Sensed, TickResult
 from wmpc.sensors import MODALITIES
@@ -612,7 +612,8 @@ class _Pass:
             tick_stamps_s=self.tick_stamps_s,
         )
         counts = {name: TopicCount(kinds[name]) for name in sorted(names)}
-        if self.config.processes == 2:
+        processes = self._processes()
+        if processes == 2:
             builder.decisions = _Forked(loop)
         try:
             offset_ns, start_ns, end_ns = self._replay(bag, wanted, kinds, builder, counts)
@@ -665,7 +666,7 @@ class _Pass:
                 "wall_s": _round(wall_s),
                 "bag_s": _round(span_s),
                 "realtime_factor": _round(span_s / wall_s) if wall_s > 0 else None,
-                "processes": self.config.processes,
+                "processes": processes,
             },
         }
         series: dict[str, np.ndarray] = {}
@@ -687,6 +688,20 @@ class _Pass:
         series["tick_sent_force_n"] = np.array([t.sent_force_n for t in builder.ticks])
         series["tick_hold"] = np.array([t.hold for t in builder.ticks], dtype=bool)
         return ModelRun(self.label, summary, series)
+
+    def _processes(self) -> int:
+        """The processes this pass uses: the configured ones, but one on a GPU provider."""
+        if self.config.processes == 2 and self.model.provider != CPU:
+            # CUDA (and so TensorRT) cannot be used in a forked child of a process that has
+            # initialised it: the planner's half stays here.
+            log.warning(
+                "model %s runs on %s: a forked process cannot use its GPU context, so the "
+                "planner runs in this process (one process)",
+                self.label,
+                self.model.provider,
+            )
+            return 1
+        return self.config.processes
 
     # -- the replay ------------------------------------------------------------------------
 

@@ -68,7 +68,8 @@ def add_arguments(parser) -> None:
         default=2,
         choices=[1, 2],
         help="2 (default): plan in a second (forked) process while the bag is replayed and "
-        "encoded, for the same results sooner on 2+ CPUs; 1: every tick in turn",
+        "encoded, for the same results sooner on 2+ CPUs (a model on a GPU plans in this "
+        "process: CUDA does not survive a fork); 1: every tick in turn",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
