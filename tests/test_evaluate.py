@@ -7,6 +7,7 @@ the runtime's ControlLoop, and the third-party rosbags_rs bag's broken Image.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -398,38 +399,66 @@ def test_bench_evaluate_reports_the_realtime_factor(world):
     assert figures["evaluate_bag_s"] == pytest.approx((TICKS - 1) * 0.05, abs=0.06)
 
 
-def test_ctrl_c_stops_the_evaluation_and_its_planner_process(world, tmp_path):
-    """A real SIGINT to the process group (what Ctrl-C in a terminal sends) mid-replay: exit
-    130, one line, no traceback, and no process of the group left behind."""
-    bag = write_synthetic_bag(tmp_path / "long", seed=5, ticks=1000)  # 50 s of bag time
+@pytest.fixture(scope="module")
+def long_bag(tmp_path_factory) -> Path:
+    """50 s of bag time: a couple of seconds of evaluation, time enough to interrupt it."""
+    return write_synthetic_bag(tmp_path_factory.mktemp("long") / "long", seed=5, ticks=1000)
+
+
+def _evaluation_in_its_own_group(bag: Path, model: Path) -> subprocess.Popen:
+    """`wmpc evaluate` as a process group of its own, returned once it is mid-replay."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wmpc.cli", "evaluate", str(bag), "--model", str(world["model_a"])],
+        [sys.executable, "-m", "wmpc.cli", "evaluate", str(bag), "--model", str(model)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         start_new_session=True,
     )
+    for line in proc.stderr:
+        if "planning in a second process" in line:
+            break
+    time.sleep(0.3)  # into the replay
+    assert proc.poll() is None, "the evaluation ended before it could be interrupted"
+    return proc
+
+
+def _group_ends(pgid: int, within_s: float = 5.0) -> bool:
+    """True once no process of the group is left (within `within_s`)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_stops_the_evaluation_and_its_planner_process(world, long_bag):
+    """A real SIGINT to the process group (what Ctrl-C in a terminal sends) mid-replay: exit
+    130, one line, no traceback, and no process of the group left behind."""
+    proc = _evaluation_in_its_own_group(long_bag, world["model_a"])
     try:
-        for line in proc.stderr:
-            if "evaluating on" in line:
-                break
-        time.sleep(0.5)  # into the replay: the planner's process is running
-        assert proc.poll() is None, "the evaluation ended before it could be interrupted"
         os.killpg(proc.pid, signal.SIGINT)
         err = proc.stderr.read()
-        assert proc.wait(timeout=20) == 130
+        assert proc.wait(timeout=20) == 130, err
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in err and "interrupted" in err.lower(), err
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # raises once no process of the group is left
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("a process of the evaluation outlived it")
+    assert _group_ends(proc.pid), "a process of the evaluation outlived it"
+
+
+def test_a_killed_evaluation_leaves_no_planner_process_behind(world, long_bag):
+    """SIGKILL to the evaluating process alone (no cleanup runs there): its planner process
+    sees the pipe close and ends by itself."""
+    proc = _evaluation_in_its_own_group(long_bag, world["model_a"])
+    try:
+        proc.kill()
+        assert proc.wait(timeout=20) == -signal.SIGKILL
+        assert _group_ends(proc.pid), "the planner's process outlived the killed evaluation"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -436,7 +436,9 @@ class _Forked(_Decisions):
         self.count, self.finished = 0, False
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_decide_in_child, args=(loop, child_conn), name="wmpc-evaluate-planner"
+            target=_decide_in_child,
+            args=(loop, child_conn, self.conn),
+            name="wmpc-evaluate-planner",
         )
         self.process.start()
         child_conn.close()
@@ -480,11 +482,14 @@ class _Forked(_Decisions):
         self.process.join()
 
 
-def _decide_in_child(loop: ControlLoop, conn) -> None:
+def _decide_in_child(loop: ControlLoop, conn, parents_end) -> None:
     """The forked planner: decide each (index, Sensed) received, then send the records."""
     import signal
     import traceback
 
+    # The fork copied the parent's end of the pipe too: with it open here, a parent that is
+    # killed would never look closed, and this process would wait for ticks forever.
+    parents_end.close()
     # Ctrl-C reaches the whole process group: the parent handles it and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     records: list[_Tick] = []
@@ -615,6 +620,9 @@ class _Pass:
         processes = self._processes()
         if processes == 2:
             builder.decisions = _Forked(loop)
+            if self.progress is not None:
+                pid = builder.decisions.process.pid
+                self.progress(f"{self.label}: planning in a second process (pid {pid})")
         try:
             offset_ns, start_ns, end_ns = self._replay(bag, wanted, kinds, builder, counts)
             if end_ns is not None:
