@@ -1190,6 +1190,7 @@ def table_rows(evaluation: Evaluation) -> list[tuple[str, list[str]]]:
         ],
     )
     add("speed (x real time)", [s["speed"]["realtime_factor"] for s in runs])
+    add("processes (2: planner forked)", [s["speed"]["processes"] for s in runs])
     for modality in MODALITIES:
         add(
             f"staleness {modality} p99 (ms) / stale ticks",
