@@ -446,20 +446,23 @@ class _Forked(_Decisions):
     def submit(self, index: int, sensed: Sensed) -> None:
         # The observation (a camera frame, audio) is the bulk of a tick and decide() does
         # not read it.
-        try:
-            self.conn.send((index, dataclasses.replace(sensed, observation=None)))
-        except (BrokenPipeError, ConnectionResetError):
-            self._receive()  # the child stopped early: raises what it said, or that it died
-            raise RuntimeError("the planner's process stopped before the end") from None
+        self._send((index, dataclasses.replace(sensed, observation=None)))
         self.count += 1
 
     def ticks(self) -> list[_Tick]:
-        self.conn.send(None)
+        self._send(None)  # no more ticks: the records, please
         records = self._receive()
         self.finished = True
         if len(records) != self.count:  # a broken pipe would have raised; this is a bug
             raise RuntimeError(f"the planner decided {len(records)} of {self.count} ticks")
         return records
+
+    def _send(self, item: Any) -> None:
+        try:
+            self.conn.send(item)
+        except (BrokenPipeError, ConnectionResetError):
+            self._receive()  # the child stopped early: raises what it said, or that it died
+            raise RuntimeError("the planner's process stopped before the end") from None
 
     def _receive(self) -> list[_Tick]:
         """The child's records, or its failure raised here."""
