@@ -128,6 +128,38 @@ def test_training_without_the_wrist_wrench_drops_it_from_the_input(episodes):
     assert with_wrench.net.ee_index == joints
 
 
+def test_wrench_noise_moves_the_wrench_inputs_only_and_is_seeded(episodes, monkeypatch):
+    """wrench_noise: a per-window bias plus per-tick noise on the wrist wrench's normalised
+    inputs, nothing else changed; the same seed gives the same noise and weights."""
+    batches = []
+    window_losses = train.window_losses
+
+    def record(net, batch, config, helper=None):
+        if torch.is_grad_enabled():  # training steps (validation runs without gradients)
+            batches.append(batch["inputs"]["proprio"].clone())
+        return window_losses(net, batch, config, helper)
+
+    monkeypatch.setattr(train, "window_losses", record)
+    clean = run(episodes, seed=7)
+    clean_inputs, batches[:] = list(batches), []
+    noisy = run(episodes, seed=7, wrench_noise=0.5)
+    noisy_inputs, batches[:] = list(batches), []
+    again = run(episodes, seed=7, wrench_noise=0.5)
+    joints = len(clean.modalities["proprio"]["joint_names"])
+    wrench = slice(joints + 3, joints + 3 + 6)
+    for before, after, repeat in zip(clean_inputs, noisy_inputs, batches, strict=True):
+        torch.testing.assert_close(after[..., : wrench.start], before[..., : wrench.start])
+        added = (after - before)[..., wrench]  # (B, H + 1, 6)
+        assert 0.5 < added.std().item() < 0.9  # bias and white noise, 0.5 each: ~0.71
+        assert torch.equal(after, repeat)
+    for name, value in noisy.net.state_dict().items():
+        assert torch.equal(value, again.net.state_dict()[name]), name
+    fuse = "fuse.0.weight"
+    assert not torch.equal(clean.net.state_dict()[fuse], noisy.net.state_dict()[fuse])
+    with pytest.raises(ConfigError, match="proprio_wrench"):
+        TrainConfig(wrench_noise=0.5, proprio_wrench=False)
+
+
 def test_image_dropout_removes_the_image_of_a_seeded_share_of_windows(episodes, monkeypatch):
     seen = []
     window_losses = train.window_losses

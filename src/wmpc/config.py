@@ -757,6 +757,13 @@ class TrainConfig:
         "`wmpc ablate` removes it), so the model learns contact from touch and audio too",
         non_negative,
     )
+    wrench_noise: float = param(
+        0.0,
+        "std of the noise added to the wrist wrench's normalised inputs of each training "
+        "window, in units of its training std: a bias held over the window plus as much white "
+        "noise per tick, as a drifting, noisy F/T sensor reads (0: none)",
+        non_negative,
+    )
     control_period_s: float = param(0.05, "tick spacing of the dataset (s)", positive)
     contact_threshold_n: float = param(
         0.5, "contact label when no privileged contact flag exists: force above this", positive
@@ -773,6 +780,11 @@ class TrainConfig:
         if self.held_out_fraction >= 1.0:
             raise ConfigError(
                 f"parameter 'held_out_fraction' = {self.held_out_fraction} must be below 1"
+            )
+        if self.wrench_noise > 0 and not self.proprio_wrench:
+            raise ConfigError(
+                f"parameter 'wrench_noise' = {self.wrench_noise} needs proprio_wrench: true "
+                "(without the wrench in the input there is nothing to add noise to)"
             )
         if self.image_dropout >= 1.0:
             raise ConfigError(

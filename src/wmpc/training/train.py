@@ -32,6 +32,7 @@ from wmpc.preprocess import (
     PROPRIO_FIELDS,
     Preprocessor,
     compute_normalisation,
+    proprio_size,
     with_proprio_fields,
 )
 from wmpc.training.dataset import (
@@ -149,6 +150,21 @@ def _batch(
         "labels": {name: torch.from_numpy(data.labels[name][rows]) for name in LABELS},
         "privileged": torch.from_numpy(data.privileged[rows].astype(np.float32)),
     }
+
+
+def _add_wrench_noise(
+    proprio: torch.Tensor, pre: Preprocessor, std: float, rng: np.random.Generator
+) -> None:
+    """Add to the wrist wrench of normalised proprio inputs (B, H + 1, P), in place, a bias
+    per window and white noise per tick, each of `std` (its own generator: the batch order
+    stays that of a run without noise)."""
+    start = proprio_size(len(pre.joint_names), PROPRIO_FIELDS[:2])
+    wrench = slice(start, proprio_size(len(pre.joint_names), PROPRIO_FIELDS))
+    windows, ticks, _ = proprio.shape
+    width = wrench.stop - wrench.start
+    bias = rng.normal(0.0, std, (windows, 1, width))
+    noise = bias + rng.normal(0.0, std, (windows, ticks, width))
+    proprio[:, :, wrench] += torch.from_numpy(noise.astype(np.float32))
 
 
 def _head_losses(
@@ -297,6 +313,7 @@ def train(
     set_determinism(config.seed, config.num_threads)
     rng = np.random.default_rng(config.seed)
     dropout_rng = np.random.default_rng([config.seed, 1])
+    noise_rng = np.random.default_rng([config.seed, 2])
     horizon = config.horizon
     data = stack_episodes(train_episodes, horizon)
     if data.starts.size == 0:
@@ -361,6 +378,8 @@ def train(
                 # Its own generator: the batch order stays that of a run without dropout.
                 removed = dropout_rng.random(starts.size) < config.image_dropout
                 batch["inputs"]["image"][torch.from_numpy(removed)] = 0.0
+            if config.wrench_noise > 0:
+                _add_wrench_noise(batch["inputs"]["proprio"], pre, config.wrench_noise, noise_rng)
             loss, terms = window_losses(net, batch, config, helper)
             if b + 1 < len(chunks):
                 # The helper builds the next batch while this thread runs the backward pass.
