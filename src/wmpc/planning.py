@@ -99,6 +99,8 @@ class TaskCost:
             workspace_per_m=cfg.workspace_weight_per_m,
             desired_normal_force_n=self.desired_normal_force_n,
         )
+        # All floats: numba compiles score() once per argument types, and a weight given as an
+        # int in a parameter file would otherwise cost a second compile in a control tick.
         weights = kernels.CostWeights(*(float(value) for value in weights))
         vectors = (
             self.goal.pose.position_m,
