@@ -194,6 +194,7 @@ def write_synthetic_bag(
     *,
     camera_gap_ticks: tuple[int, int] | None = None,
     privileged: bool = True,
+    period_mean: bool = True,
 ) -> Path:
     """A small, learnable toy episode as a real MCAP bag with the standard topics.
 
@@ -215,7 +216,7 @@ def write_synthetic_bag(
     block = np.array([*rng.uniform([0.4, -0.1], [0.6, 0.1]), 0.02])
     mixing = rng.normal(size=(7, 3))
     audio_end = 0  # samples written so far (t0 = 1 s)
-    force = 0.0
+    force = previous_force = 0.0
     yy, xx = np.mgrid[0:64, 0:64]
     goal = types.Goal(types.Pose(marker, types.TOOL_DOWN_XYZW), types.Wrench.zero(), "press")
     with EpisodeBagWriter(path) as bag:
@@ -252,17 +253,18 @@ def write_synthetic_bag(
             bag.wrench(t, types.Wrench(np.array([0.0, 0.0, force]), np.zeros(3)))
             in_contact = force > 0
             if privileged:
-                bag.privileged(
-                    t,
-                    {
-                        "task": "press",
-                        "ee_position_m": ee,
-                        "marker_position_m": marker,
-                        "block_position_m": block,
-                        "contact_force_n": force,
-                        "contact": in_contact,
-                    },
-                )
+                truth = {
+                    "task": "press",
+                    "ee_position_m": ee,
+                    "marker_position_m": marker,
+                    "block_position_m": block,
+                    "contact_force_n": force,
+                    "contact": in_contact,
+                }
+                if period_mean:  # as SimWorld.privileged() has it since force labels could be
+                    truth["contact_force_period_mean_n"] = 0.5 * (previous_force + force)
+                bag.privileged(t, truth)
+            previous_force = force
             # The action: a smooth random walk that often goes down to the table.
             velocity = 0.8 * velocity + rng.normal(0, 0.006, 3) + [0, 0, -0.002]
             step = np.clip(velocity, -0.02, 0.02)

@@ -80,6 +80,30 @@ def test_ticks_pair_observations_with_commanded_actions_and_labels(tmp_path):
     assert episode.window_starts(5).tolist() == list(range(37 - 5))
 
 
+def test_force_label_is_the_period_mean_or_the_instant_force(tmp_path):
+    bag = write_synthetic_bag(tmp_path / "episode", seed=4, ticks=60)
+    privileged = [json.loads(m.data) for _, m in read_topic(bag, "/wmpc/privileged")]
+    labels = {}
+    for kind, field in (
+        ("instant", "contact_force_n"),
+        ("period_mean", "contact_force_period_mean_n"),
+    ):
+        arrays = build_episode(bag, DatasetSettings(force_label=kind)).arrays
+        want = [min(privileged[t][field], 20.0) for t in arrays["tick_index"]]
+        np.testing.assert_allclose(arrays["contact_force_n"][:, 0], want, atol=1e-5)
+        labels[kind] = arrays["contact_force_n"][:, 0]
+    assert np.abs(labels["instant"] - labels["period_mean"]).max() > 0.5  # the test can fail
+    stored = DatasetSettings(force_label="period_mean").as_dict()
+    assert DatasetSettings.from_dict(stored).force_label == "period_mean"
+    del stored["force_label"]  # a manifest written before the option: the instant force
+    assert DatasetSettings.from_dict(stored).force_label == "instant"
+    with pytest.raises(DatasetError, match="force_label 'mean'"):
+        DatasetSettings(force_label="mean")
+    old = write_synthetic_bag(tmp_path / "old", seed=4, ticks=20, period_mean=False)
+    with pytest.raises(DatasetError, match=r"lacks 'contact_force_period_mean_n'.*collect it"):
+        build_episode(old, DatasetSettings(force_label="period_mean"))
+
+
 def test_camera_gap_drops_stale_ticks_and_windows_do_not_cross_it(tmp_path):
     bag = write_synthetic_bag(tmp_path / "gap", seed=1, ticks=60, camera_gap_ticks=(20, 29))
     episode = build_episode(bag)
@@ -215,6 +239,31 @@ def test_wmpc_collect_records_resumable_sim_episodes_that_build(tmp_path, capsys
     assert summary["skipped"] == 1 and summary["recorded"] == 1
     assert (out / "episode_0001" / "episode.json").is_file()
     assert not (out / ".collect.lock").exists()
+    # Resuming with other table heights would mix two datasets: refused, naming both.
+    assert main([*argv, "--table-height-m", "0", "0.05"]) == 2
+    assert "recorded with --table-height-m 0.0 0.0, not 0.0 0.05" in capsys.readouterr().err
+
+
+def test_wmpc_collect_draws_a_table_height_per_episode(tmp_path, capsys):
+    out = tmp_path / "tables"
+    argv = ["collect", str(out), "--episodes", "2", "--tasks", "press", "--controllers"]
+    argv += ["expert", "--linger-s", "0", "--table-height-m", "0.01", "0.05"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    infos = [json.loads((out / f"episode_000{i}" / "episode.json").read_text()) for i in (0, 1)]
+    heights = [info["table_height_m"] for info in infos]
+    assert all(info["table_height_range_m"] == [0.01, 0.05] for info in infos)
+    assert all(0.01 <= h <= 0.05 for h in heights) and heights[0] != heights[1]
+    # The pad pressed on the table where it was: the labels say so.
+    for index, (info, height) in enumerate(zip(infos, heights, strict=True)):
+        assert info["status"]["success"], info
+        labels = build_episode(out / f"episode_000{index}").arrays
+        pressing = labels["contact_force_n"][:, 0] > 3.0
+        assert pressing.any()
+        z = labels["ee_position_m"][pressing, 2]
+        assert np.all(np.abs(z - height) < 0.01), (height, z.min(), z.max())
+    assert main(["collect", str(out), "--episodes", "2", "--table-height-m", "0.06"]) == 2
+    assert "need 0 <= LOW <= HIGH <= 0.05" in capsys.readouterr().err
 
 
 def test_wmpc_collect_refuses_a_folder_another_collect_is_writing(tmp_path, capsys):

@@ -102,6 +102,8 @@ def test_int8_graphs_are_symmetric_per_channel_qdq_and_close_to_fp32(fp32_model,
     for node in encoder.graph.node:
         if node.op_type == "Slice":
             assert encoder_producers.get(node.input[0]) != "DequantizeLinear"
+    # By default every input's first layer is INT8 too.
+    assert first_layers_rounded(encoder) == {"tactile": [True, True], "audio": [True, True]}
 
     fp32, _ = quantize.measure_accuracy(
         out / export.ENCODER_FILE, out / export.ROLLOUT_FILE, held, pre
@@ -125,6 +127,26 @@ def test_int8_graphs_are_symmetric_per_channel_qdq_and_close_to_fp32(fp32_model,
     assert np.abs(results[0][0] - results[1][0]).max() < 0.02  # metres
 
 
+def first_layers_rounded(encoder: onnx.ModelProto) -> dict[str, list[bool]]:
+    """For the skin's and the audio's first Gemm: are its input and weight INT8-rounded?"""
+    producers = {out: n.op_type for n in encoder.graph.node for out in n.output}
+    first = {n.name.split("/")[1]: n for n in encoder.graph.node if n.name.endswith(".0/Gemm")}
+    return {
+        branch: [producers.get(name) == "DequantizeLinear" for name in first[branch].input[:2]]
+        for branch in ("tactile", "audio")
+    }
+
+
+def test_float_inputs_keep_that_inputs_first_layer_fp32_only(fp32_model, tmp_path):
+    source, held, pre = fp32_model
+    out = copy_fp32(source, tmp_path / "model")
+    paths = quantize.quantize_model(out, held, pre, float_inputs=("tactile",))
+    encoder = onnx.load(paths["encoder"])
+    assert first_layers_rounded(encoder) == {"tactile": [False, False], "audio": [True, True]}
+    with pytest.raises(quantize.QuantizeError, match=r"\['nose'\] are not model inputs"):
+        quantize.quantize_model(out, held, pre, float_inputs=("tactile", "nose"))
+
+
 def test_wmpc_quantize_updates_the_manifest(synthetic_bags, cli_model, capsys):
     out = cli_model
     capsys.readouterr()
@@ -144,7 +166,13 @@ def test_wmpc_quantize_updates_the_manifest(synthetic_bags, cli_model, capsys):
     info = document["accuracy_info"]
     assert info["episodes"] == document["training"]["held_out_episodes"]
     assert info["calibration"]["format"] == "QDQ"
+    assert info["calibration"]["float_inputs"] == []
     assert document["inputs"]["encoder"][0]["shape"] == [None, 3, 64, 64]
+    # A misspelt input is refused with the names to choose from, the model left as it was.
+    argv = ["quantize", str(out), "--calib", str(synthetic_bags), "--float-inputs", "touch"]
+    assert main(argv) == 2
+    assert "['touch'] are not model inputs" in capsys.readouterr().err
+    assert read_manifest(out).raw == document
 
 
 def test_calibrating_on_training_episodes_only_is_refused(

@@ -172,6 +172,19 @@ def test_bad_parameter_is_named(ros):
         )
 
 
+def test_table_height_is_a_node_parameter(ros):
+    from wmpc.nodes.sim import SimNode
+
+    node = sim_node(ros, task="press", table_height_range_m=[0.03, 0.03])
+    assert node.world.layout.table_height_m == 0.03
+    assert node.world.goal.pose.position_m[2] == 0.03  # the press surface
+    with pytest.raises(ConfigError, match="table_height_range_m"):
+        SimNode(
+            context=ros.context,
+            parameter_overrides=[Parameter("table_height_range_m", value=[0.0, 0.2])],
+        )
+
+
 # ---- the `wmpc sim` command ------------------------------------------------------------------
 
 
@@ -221,6 +234,21 @@ def test_wmpc_sim_over_ros_prints_a_table():
     assert lines[0] == "task reach, seeds 0..0"
     assert lines[1].split()[:2] == ["controller", "success"]
     assert lines[3].startswith("expert") and "1/1 (100%)" in lines[3]
+
+
+def test_wmpc_sim_refuses_to_share_its_domain_with_another_sim(ros):
+    # A stand-in for a second simulation on this domain: a node publishing /clock.
+    from rosgraph_msgs.msg import Clock
+
+    other = ros.node("other_sim")
+    other.create_publisher(Clock, "/clock", 10)
+    result = wmpc_sim(
+        "--task", "reach", "--episodes", "3", "--controller", "expert", "--real-time-factor", "1"
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "another node publishes /clock on ROS_DOMAIN_ID" in result.stderr
+    assert "episode 3/3" not in result.stderr  # it stopped at once
 
 
 def test_wmpc_sim_bad_params_file_is_one_line(tmp_path):

@@ -65,6 +65,30 @@ def test_press_goal_does_not_reveal_the_marker():
     np.testing.assert_array_equal(layouts[0].goal.wrench.force_n, [0.0, 0.0, -5.0])
 
 
+def test_a_raised_table_lifts_the_layout_and_nothing_else():
+    for task in tasks.TASKS:
+        low = tasks.sample_layout(task, np.random.default_rng(3))
+        high = tasks.sample_layout(task, np.random.default_rng(3), table_height_m=0.04)
+        assert (low.table_height_m, high.table_height_m) == (0.0, 0.04)
+        lift = np.array([0.0, 0.0, 0.04])
+        np.testing.assert_allclose(high.marker_position_m, low.marker_position_m + lift)
+        np.testing.assert_allclose(high.block_position_m, low.block_position_m + lift)
+        if task == "reach":  # a goal in free space stays where it was
+            np.testing.assert_array_equal(high.goal.pose.position_m, low.goal.pose.position_m)
+        else:  # the press surface and the block's goal rise with the table
+            np.testing.assert_allclose(high.goal.pose.position_m, low.goal.pose.position_m + lift)
+    with pytest.raises(SimError, match=r"table height 0\.2 m"):
+        tasks.sample_layout("press", np.random.default_rng(0), table_height_m=0.2)
+
+
+def test_table_height_range_is_validated():
+    from wmpc.config import ConfigError
+
+    for bad in ((0.02, 0.01), (-0.01, 0.0), (0.0, 0.08)):
+        with pytest.raises(ConfigError, match="table_height_range_m"):
+            SimConfig(table_height_range_m=bad)
+
+
 def test_unknown_task_is_named():
     with pytest.raises(SimError, match="unknown task 'wipe'"):
         tasks.sample_layout("wipe", np.random.default_rng(0))
@@ -138,6 +162,55 @@ def test_scripted_expert_succeeds(world, task):
         result = run_episode(world, make_controller("expert", task, seed), task, seed)
         assert result["success"], (task, seed, result)
         assert result["time_to_success_s"] < tasks.TIME_LIMITS_S[task]
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_scripted_expert_succeeds_on_a_raised_table(task):
+    # The table is a body of its own that reset() moves: contacts, the block's rest and the
+    # experts' heights all follow it (a moved geom of the world body would keep colliding
+    # where it was compiled, and the pad would fall through the table seen by the camera).
+    raised = SimWorld(SimConfig(table_height_range_m=(0.045, 0.045)), 0, sensors_enabled=False)
+    try:
+        result = run_episode(raised, make_controller("expert", task, 100), task, 100)
+        assert result["success"], (task, result)
+        state = raised.privileged()
+        assert state["table_height_m"] == 0.045
+        if task == "press":
+            assert state["pad_on_table"] and state["ee_position_m"][2] > 0.04
+        if task == "push":  # the block rests on the raised table
+            assert state["block_position_m"][2] == pytest.approx(0.045 + 0.025, abs=1e-3)
+    finally:
+        raised.close()
+
+
+def test_table_heights_are_drawn_per_episode_from_the_seed():
+    ranged = SimWorld(SimConfig(table_height_range_m=(0.0, 0.05)), 0, sensors_enabled=False)
+    try:
+        heights, again = ([], [])
+        for drawn in (heights, again):
+            for seed in range(8):
+                ranged.reset("press", seed)
+                drawn.append(ranged.layout.table_height_m)
+    finally:
+        ranged.close()
+    assert heights == again and len(set(heights)) == 8
+    assert all(0.0 <= h <= 0.05 for h in heights) and np.ptp(heights) > 0.02
+
+
+def test_a_fork_keeps_the_table_where_the_episode_has_it():
+    ranged = SimWorld(SimConfig(table_height_range_m=(0.0, 0.05)), 0, sensors_enabled=False)
+    try:
+        ranged.reset("reach", 0)
+        fork_own_height = ranged.layout.table_height_m  # what the fork's own reset draws
+        ranged.reset("press", 7)
+        height = ranged.layout.table_height_m
+        assert abs(height - fork_own_height) > 0.005
+        twin = ranged.fork()  # shares the model, on which its constructor resets the table
+        for world in (ranged, twin):
+            world.step_tick(None)
+            assert world.data.geom_xpos[world._table_geom][2] == pytest.approx(height)
+    finally:
+        ranged.close()
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)

@@ -124,6 +124,24 @@ def test_pressing_force_follows_the_feedforward_force(world):
         assert world.read_wrench().force_n[2] == pytest.approx(force_n, abs=0.5)
 
 
+def test_period_mean_force_is_the_mean_over_the_last_control_period(world):
+    world.reset("press", 3)
+    assert world.privileged()["contact_force_period_mean_n"] == 0.0  # no step yet
+    marker = world.privileged()["marker_position_m"]
+    run_ticks(world, marker + np.array([0.0, 0.0, 0.02]), ticks=30)
+    # Touch down and press: the force of every physics step of the last tick, averaged.
+    run_ticks(world, marker, ticks=12, force_n=5.0)
+    forces = []
+    world.step(command(world, marker, force_n=5.0))
+    forces.append(world.pad_force_n())
+    for _ in range(world.steps_per_tick - 1):
+        world.step()
+        forces.append(world.pad_force_n())
+    state = world.privileged()
+    assert state["contact_force_period_mean_n"] == pytest.approx(np.mean(forces), rel=1e-12)
+    assert state["contact_force_n"] == forces[-1] and np.ptp(forces) > 0
+
+
 def test_torque_limits_are_never_exceeded():
     # A stiff loop asked for a far jump with the largest feed-forward wrench saturates the
     # wrist motors; the applied torques must stay at the URDF's effort limits.

@@ -19,6 +19,11 @@ import yaml
 from wmpc.errors import WmpcError
 
 T = TypeVar("T")
+
+# The highest table top a simulated episode may have (m above the arm's base). Above z = 0
+# only, since the workspace box ends 5 mm below it, and at most this, so that the lowest
+# reach goals (wmpc.sim.tasks.REACH_GOAL_LOW, z = 0.08) stay 3 cm clear of the table.
+TABLE_HEIGHT_MAX_M = 0.05
 Check = Callable[[Any], str | None]
 
 
@@ -512,8 +517,20 @@ class SimConfig:
         "upper corner of the box commanded positions are clipped to",
         length(3),
     )
+    table_height_range_m: tuple = param(
+        [0.0, 0.0],
+        "table top height above the arm's base, drawn per episode uniformly from [low, high] "
+        f"(m, within [0, {TABLE_HEIGHT_MAX_M}]); [0, 0] = the scene's table top, z = 0",
+        length(2),
+    )
 
     def __post_init__(self) -> None:
+        low_m, high_m = self.table_height_range_m
+        if not 0.0 <= low_m <= high_m <= TABLE_HEIGHT_MAX_M:
+            raise ConfigError(
+                f"parameter 'table_height_range_m' = {list(self.table_height_range_m)} must be "
+                f"[low, high] with 0 <= low <= high <= {TABLE_HEIGHT_MAX_M}"
+            )
         steps = self.control_period_s / self.timestep_s
         if abs(steps - round(steps)) > 1e-6:
             raise ConfigError(
@@ -765,6 +782,13 @@ class TrainConfig:
         non_negative,
     )
     control_period_s: float = param(0.05, "tick spacing of the dataset (s)", positive)
+    force_label: str = param(
+        "instant",
+        "contact-force label of simulated data: 'instant' (the force at the tick's physics "
+        "step; the shipped model's) or 'period_mean' (the mean over the control period ending "
+        "at the tick; needs bags collected by this version)",
+        one_of("period_mean", "instant"),
+    )
     contact_threshold_n: float = param(
         0.5, "contact label when no privileged contact flag exists: force above this", positive
     )

@@ -590,7 +590,14 @@ class _Pass:
         sensors = loop.buffer.config
         kinds = topic_kinds(sensors)
         period_s = model.control_period_s
-        settings = DatasetSettings(buffer=sensors, control_period_s=period_s)
+        # The force label the model was trained (and its manifest's accuracy measured) on;
+        # manifests written before the period-mean label existed were trained on the instant.
+        stored = model.manifest.training.get("dataset_settings", {})
+        settings = DatasetSettings(
+            buffer=sensors,
+            control_period_s=period_s,
+            force_label=str(stored.get("force_label", "instant")),
+        )
         start_wall = time.perf_counter()
         bag = self.bag
         present = {t.name: t for t in bag.topics() if t.name in kinds and t.count}

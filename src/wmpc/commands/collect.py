@@ -13,6 +13,7 @@ pressing steadily.
 examples:
   wmpc collect data/sim --episodes 200 --seed 0
   wmpc collect data/press --episodes 20 --tasks press --controllers noisy_expert random
+  wmpc collect data/tables --episodes 330 --seed 100 --table-height-m 0 0.05
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-rate-hz", type=float, default=30.0, help="camera frame rate")
     parser.add_argument(
         "--state-rate-hz", type=float, default=100.0, help="joints, ee pose, wrench, tactile rate"
+    )
+    parser.add_argument(
+        "--table-height-m",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar=("LOW", "HIGH"),
+        help="table top height above the arm's base (m): one value, or LOW HIGH to draw each "
+        "episode's uniformly (default 0, the scene's table; at most 0.05)",
     )
     parser.add_argument(
         "--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage format"
@@ -227,6 +237,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def table_height_range(values: list[float]) -> tuple[float, float]:
+    """--table-height-m's one or two values as SimConfig.table_height_range_m, checked."""
+    from wmpc.config import TABLE_HEIGHT_MAX_M, ConfigError
+
+    if len(values) > 2:
+        raise ConfigError(f"--table-height-m takes one height or LOW HIGH, got {values}")
+    low_m, high_m = values[0], values[-1]
+    if not 0.0 <= low_m <= high_m <= TABLE_HEIGHT_MAX_M:
+        raise ConfigError(
+            f"--table-height-m {' '.join(map(str, values))}: need 0 <= LOW <= HIGH <= "
+            f"{TABLE_HEIGHT_MAX_M} (m above the arm's base)"
+        )
+    return (float(low_m), float(high_m))
+
+
+def _check_table_range(out: Path, episodes: int, table_range_m: tuple[float, float]) -> None:
+    """Resuming must draw tables as the finished episodes did (those of before the option: 0)."""
+    from wmpc.config import ConfigError
+
+    for index in range(episodes):
+        info_path = out / f"episode_{index:04d}" / EPISODE_FILE
+        if not info_path.is_file():
+            continue
+        recorded = tuple(json.loads(info_path.read_text()).get("table_height_range_m", (0, 0)))
+        if recorded != table_range_m:
+            raise ConfigError(
+                f"{info_path.parent.name} in {out} was recorded with --table-height-m "
+                f"{recorded[0]} {recorded[1]}, not {table_range_m[0]} {table_range_m[1]}; "
+                "resume with the same heights or collect into another folder"
+            )
+        return
+
+
 def run(args: Any) -> int:
     """Record the missing episodes of OUT_DIR, one bag each."""
     from wmpc.config import ConfigError
@@ -241,6 +284,7 @@ def run(args: Any) -> int:
             raise ConfigError(f"{name} must be > 0, got {value}")
     if args.linger_s < 0:
         raise ConfigError(f"--linger-s must be >= 0, got {args.linger_s}")
+    table_height_range(args.table_height_m)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _DirectoryLock(out):
@@ -254,7 +298,9 @@ def _collect(args: Any, out: Path) -> int:
     from wmpc.sim.world import SimWorld
     from wmpc.training.dataset import jsonable
 
-    world = SimWorld(SimConfig(), args.seed)
+    table_range_m = table_height_range(args.table_height_m)
+    _check_table_range(out, args.episodes, table_range_m)
+    world = SimWorld(SimConfig(table_height_range_m=table_range_m), args.seed)
     started = time.perf_counter()
     recorded, skipped, successes, sim_total_s = 0, 0, 0, 0.0
     current: Path | None = None
@@ -281,6 +327,8 @@ def _collect(args: Any, out: Path) -> int:
                 "controller": controller_name,
                 "seed": seed,
                 "base_seed": args.seed,
+                "table_height_range_m": list(table_range_m),
+                "table_height_m": world.layout.table_height_m,
                 "wall_s": round(wall_s, 3),
                 **result,
             }

@@ -8,6 +8,10 @@ both precisions on the same episodes at horizons 1, 5 and 10, and rewrites manif
 with precision "int8".
 The same model, data and seed give byte-identical INT8 files.
 
+--float-inputs keeps the first layer of the named model inputs in fp32 (e.g. tactile: a
+model trained on raised tables sees taxel spikes so large that an 8-bit scale rounds steady
+contact away; see the README's quantization notes). The manifest records the choice.
+
 --reexport first writes the fp32 ONNX files again from the model's checkpoint.pt with this
 version's exporter (same weights; e.g. after an exporter change), then quantizes those.
 
@@ -15,6 +19,7 @@ examples:
   wmpc quantize models/default --calib data/sim
   wmpc quantize models/default --calib data/ship --reexport
   wmpc quantize models/default --calib data/sim_heldout --json
+  wmpc quantize runs/tables_model --calib data/tables --float-inputs tactile
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calib", required=True, metavar="DATA_DIR", help="folder of bags to calibrate on"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled actions")
+    parser.add_argument(
+        "--float-inputs",
+        nargs="+",
+        default=[],
+        metavar="INPUT",
+        help="model inputs (image, audio, tactile, proprio) whose first layer stays fp32 "
+        "(default: none)",
+    )
     parser.add_argument(
         "--reexport",
         action="store_true",
@@ -91,7 +104,10 @@ def run(args: Any) -> int:
     if args.reexport:
         training = dict(training, onnx_vs_torch_max_abs_diff=_reexport(model_dir, document))
         say(f"exported {export.ENCODER_FILE} and {export.ROLLOUT_FILE} again from checkpoint.pt")
-    paths = quantize.quantize_model(model_dir, held_out, pre, seed=args.seed)
+    float_inputs = tuple(args.float_inputs)
+    paths = quantize.quantize_model(
+        model_dir, held_out, pre, seed=args.seed, float_inputs=float_inputs
+    )
     say(f"wrote {paths['encoder'].name} and {paths['rollout'].name}")
     accuracy = {}
     windows = 0
@@ -130,6 +146,7 @@ def run(args: Any) -> int:
                 "activations": "int8 symmetric",
                 "weights": "int8 symmetric per-channel",
                 "seed": args.seed,
+                "float_inputs": list(float_inputs),
             },
         },
     )

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "results do not depend on CPU load)",
     )
     parser.add_argument(
+        "--table-height-m",
+        type=float,
+        nargs="+",
+        metavar=("LOW", "HIGH"),
+        help="table top height above the arm's base (m): one value, or LOW HIGH to draw each "
+        "episode's uniformly (default: the params file's table_height_range_m, i.e. 0; at "
+        "most 0.05)",
+    )
+    parser.add_argument(
         "--params-file",
         type=Path,
         help="ros__parameters YAML with a sim_node section (default: the installed sim.yaml)",
@@ -168,6 +178,14 @@ def _runtime_param(text: str) -> tuple[str, object]:
 def run(args: argparse.Namespace) -> int:
     """Run the episodes, print the results, write the snapshot if asked."""
     world_config, params_file = load_world_config(args.params_file)
+    if args.table_height_m is not None:
+        import dataclasses
+
+        from wmpc.commands.collect import table_height_range
+
+        world_config = dataclasses.replace(
+            world_config, table_height_range_m=table_height_range(args.table_height_m)
+        )
     controllers = list(dict.fromkeys(args.compare or [args.controller]))
     if "wmpc" in controllers and args.headless:
         raise WmpcError(
@@ -185,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             recorded = report_dir is not None and name == "wmpc"
             with _recording(report_dir if recorded else None, args.record_camera):
-                results[name] = run_with_ros(args, name, params_file, progress, recorded)
+                results[name] = run_with_ros(
+                    args, name, params_file, world_config, progress, recorded
+                )
     snapshot_dir = None
     if args.snapshot:
         # The snapshot episode runs in-process on the world's sensors; the learned
@@ -194,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"snapshot: one {args.task} episode with the {pictured} controller", file=sys.stderr)
         snapshot_dir = write_snapshot(args.task, pictured, args.seed, world_config, args.runs_dir)
     report = {"task": args.task, "seed": args.seed, "episodes": args.episodes}
+    report["table_height_range_m"] = list(world_config.table_height_range_m)
     report["results"] = results
     if snapshot_dir is not None:
         report["snapshot"] = str(snapshot_dir)
@@ -301,7 +322,7 @@ def run_headless(args, controller: str, world_config, progress) -> dict:
 
 
 def run_with_ros(
-    args, controller: str, params_file: Path, progress, recorded: bool = False
+    args, controller: str, params_file: Path, world_config, progress, recorded: bool = False
 ) -> dict:
     """Episodes inside sim_node (all topics published), spun in this process until done.
 
@@ -320,6 +341,8 @@ def run_with_ros(
     from wmpc.sim.episodes import summarise
 
     overrides = {
+        # The world's parameters as run_headless gets them (the params file's, or the flag's).
+        "table_height_range_m": [float(v) for v in world_config.table_height_range_m],
         "task": args.task,
         "seed": args.seed,
         "controller": controller,
@@ -365,8 +388,12 @@ def run_with_ros(
                 _wait_for_recorder(monitor, executor, ("/clock", "/arm/ee_pose"))
             executor.add_node(node)
             reported = 0
+            next_check_s = time.monotonic() + COMPANY_CHECK_PERIOD_S
             while not node.finished:
                 executor.spin_once(timeout_sec=0.1)
+                if time.monotonic() >= next_check_s:
+                    _refuse_company(node)
+                    next_check_s += COMPANY_CHECK_PERIOD_S
                 while reported < len(node.results):
                     progress(reported, node.results[reported])
                     reported += 1
@@ -383,6 +410,28 @@ def run_with_ros(
         return summary
     finally:
         shut_down_in_process(executor, node, context)
+
+
+# Topics only the simulation publishes: a second publisher is someone else on this domain.
+SIM_ONLY_TOPICS = ("/clock", "/arm/ee_pose")
+COMPANY_CHECK_PERIOD_S = 0.5
+
+
+def _refuse_company(node) -> None:
+    """WmpcError if another node publishes what the simulation does on this ROS domain: a
+    second `wmpc sim`, a robot or a bag being replayed would mix its messages with ours (two
+    sims side by side drove each other's runtime), so the run would measure nothing."""
+    import os
+
+    for topic in SIM_ONLY_TOPICS:
+        if node.count_publishers(topic) > 1:
+            domain = os.environ.get("ROS_DOMAIN_ID", "0")
+            raise WmpcError(
+                f"another node publishes {topic} on ROS_DOMAIN_ID {domain} (a second `wmpc "
+                "sim`, a robot or a bag being replayed), so its messages would mix with this "
+                "simulation's; stop it, or give this run a domain of its own, e.g. "
+                "ROS_DOMAIN_ID=42 wmpc sim ..."
+            )
 
 
 def _wait_for_recorder(watcher, executor, topics: tuple[str, ...], timeout_s: float = 20.0):

@@ -113,6 +113,7 @@ def run(args: Any) -> int:
         PreprocessConfig(image_crop=tuple(config.image_crop)),
         config.control_period_s,
         config.contact_threshold_n,
+        force_label=config.force_label,
     )
     episodes = prepare_episodes(Path(args.data_dir), settings, progress=say)
     train_eps, held_out = train.split_episodes(episodes, config.held_out_fraction, config.seed)

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from wmpc import types
-from wmpc.sim.scene import BLOCK_HALF_SIZE_M, TABLE_HEIGHT_M
+from wmpc.sim.scene import BLOCK_HALF_SIZE_M
 from wmpc.sim.tasks import PRESS_FORCE_N, SimError, check_task
 
 CONTROLLER_NAMES = ("expert", "noisy_expert", "random", "oracle")
@@ -144,13 +144,13 @@ class PressExpert(ActionController):
     def __init__(self, task: str, seed: int) -> None:
         super().__init__(task, seed)
         self.phase = "approach"
-        self._press_z_m = TABLE_HEIGHT_M
+        self._press_z_m = 0.0  # set on touching down
 
     def reset(self) -> None:
         """Back to the approach phase."""
         super().reset()
         self.phase = "approach"
-        self._press_z_m = TABLE_HEIGHT_M
+        self._press_z_m = 0.0
 
     def action(self, world) -> np.ndarray:
         """Approach, descend or press, by phase."""
@@ -159,22 +159,23 @@ class PressExpert(ActionController):
         target = self.adapter.target_position_m
         ee = state["ee_position_m"]
         force_n = state["contact_force_n"]
+        table_m = state["table_height_m"]
         if self.phase == "approach":
-            want = np.array([marker[0], marker[1], TABLE_HEIGHT_M + self.APPROACH_HEIGHT_M])
+            want = np.array([marker[0], marker[1], table_m + self.APPROACH_HEIGHT_M])
             # Judged on the measured pose only: a noisy target never sits exactly on `want`.
             if np.linalg.norm(want - ee) < 0.005:
                 self.phase = "descend"
             return np.append(step_towards(target, want), 0.0)
         if self.phase == "descend":
-            want = np.array([marker[0], marker[1], TABLE_HEIGHT_M])
+            want = np.array([marker[0], marker[1], table_m])
             if state["pad_on_table"] and force_n > self.CONTACT_FORCE_N:
                 self.phase = "press"
-                self._press_z_m = TABLE_HEIGHT_M
-            force = PRESS_FORCE_N if ee[2] < TABLE_HEIGHT_M + 0.004 else 0.0
+                self._press_z_m = table_m
+            force = PRESS_FORCE_N if ee[2] < table_m + 0.004 else 0.0
             return np.append(step_towards(target, want, self.DESCENT_STEP_M), force)
         # press: hold xy on the marker, integrate the wanted height on the force error.
         self._press_z_m += self.FORCE_GAIN_M_PER_N * (force_n - PRESS_FORCE_N)
-        self._press_z_m = float(np.clip(self._press_z_m, TABLE_HEIGHT_M - 0.01, 0.01))
+        self._press_z_m = float(np.clip(self._press_z_m, table_m - 0.01, table_m + 0.01))
         want = np.array([marker[0], marker[1], self._press_z_m])
         return np.append(step_towards(target, want, self.PRESS_STEP_M), PRESS_FORCE_N)
 
@@ -210,6 +211,7 @@ class PushExpert(ActionController):
         block = state["block_position_m"]
         goal = world.goal.pose.position_m
         ee = state["ee_position_m"]
+        table_m = state["table_height_m"]
         target = self.adapter.target_position_m
         to_goal = goal[:2] - block[:2]
         distance = float(np.linalg.norm(to_goal))
@@ -230,24 +232,24 @@ class PushExpert(ActionController):
                 self.phase = "retreat"
             else:
                 want_xy = block[:2] - u * (BLOCK_HALF_SIZE_M + self.PAD_HALF_M - self.PUSH_DEPTH_M)
-                want = np.array([*want_xy, TABLE_HEIGHT_M + self.PUSH_HEIGHT_M])
+                want = np.array([*want_xy, table_m + self.PUSH_HEIGHT_M])
                 return np.append(step_towards(target, want, self.PUSH_STEP_M), 0.0)
         if self.phase == "retreat":
-            want = np.array([ee[0], ee[1], TABLE_HEIGHT_M + self.TRAVEL_HEIGHT_M])
-            if ee[2] > TABLE_HEIGHT_M + self.TRAVEL_HEIGHT_M - 0.01:
+            want = np.array([ee[0], ee[1], table_m + self.TRAVEL_HEIGHT_M])
+            if ee[2] > table_m + self.TRAVEL_HEIGHT_M - 0.01:
                 self.phase = "reposition"
             return np.append(step_towards(target, want, 0.01), 0.0)
         if self.phase == "reposition":
-            want = np.array([*behind, TABLE_HEIGHT_M + self.TRAVEL_HEIGHT_M])
+            want = np.array([*behind, table_m + self.TRAVEL_HEIGHT_M])
             if np.linalg.norm(ee[:2] - behind) < 0.008:
                 self.phase = "lower"
             # Stay high while passing over the block.
-            if ee[2] < TABLE_HEIGHT_M + self.TRAVEL_HEIGHT_M - 0.02:
+            if ee[2] < table_m + self.TRAVEL_HEIGHT_M - 0.02:
                 want = np.array([ee[0], ee[1], want[2]])
             return np.append(step_towards(target, want), 0.0)
         # lower
-        want = np.array([*behind, TABLE_HEIGHT_M + self.PUSH_HEIGHT_M])
-        if ee[2] < TABLE_HEIGHT_M + self.PUSH_HEIGHT_M + 0.004:
+        want = np.array([*behind, table_m + self.PUSH_HEIGHT_M])
+        if ee[2] < table_m + self.PUSH_HEIGHT_M + 0.004:
             self.phase = "push"
         return np.append(step_towards(target, want, 0.01), 0.0)
 
@@ -318,6 +320,7 @@ class RandomExplorer(ActionController):
     motion, contact, pressing and pushing.
     """
 
+    # Above the table top (its height is added): free waypoints stay clear of it.
     REGION_LOW = np.array([0.32, -0.28, 0.02])
     REGION_HIGH = np.array([0.68, 0.28, 0.35])
 
@@ -342,17 +345,19 @@ class RandomExplorer(ActionController):
         self._ticks_left = int(rng.integers(10, 41))
         self._speed_m = float(rng.uniform(0.004, STEP_LIMIT_M))
         self._force_n = 0.0
+        table_m = world.privileged()["table_height_m"]
         if kind == "free":
             self._waypoint = self.REGION_LOW + (self.REGION_HIGH - self.REGION_LOW) * rng.random(3)
+            self._waypoint[2] += table_m
         elif kind == "table":
             xy = self.REGION_LOW[:2] + (self.REGION_HIGH[:2] - self.REGION_LOW[:2]) * rng.random(2)
-            self._waypoint = np.array([xy[0], xy[1], TABLE_HEIGHT_M - 0.002])
+            self._waypoint = np.array([xy[0], xy[1], table_m - 0.002])
             self._force_n = float(rng.uniform(0.0, ACTION_HIGH[3]))
         else:
             block = world.privileged()["block_position_m"]
             angle = rng.uniform(-math.pi, math.pi)
             offset = 0.05 * np.array([math.cos(angle), math.sin(angle)])
-            self._waypoint = np.array([*(block[:2] + offset), TABLE_HEIGHT_M + 0.015])
+            self._waypoint = np.array([*(block[:2] + offset), table_m + 0.015])
 
     def action(self, world) -> np.ndarray:
         """Head for the current waypoint with noise; draw a new one when its time is up."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from wmpc.sim.experts import ACTION_HIGH, ACTION_LOW, ActionController
-from wmpc.sim.scene import BLOCK_HALF_SIZE_M, TABLE_HEIGHT_M
+from wmpc.sim.scene import BLOCK_HALF_SIZE_M
 from wmpc.sim.tasks import PRESS_FORCE_N, PRESS_RADIUS_M, SimError
 
 # Cost weights, in "metres of end-effector error" so the terms compare directly.
@@ -59,7 +59,8 @@ def reach_cost(
 
 
 def _press_placement(point_m: np.ndarray, marker_m: np.ndarray) -> float:
-    """Over the marker and down on the table, through a funnel: higher the farther off.
+    """Over the marker and down on the table (the marker's height), through a funnel: higher
+    the farther off.
 
     The wanted height falls linearly from PRESS_HOVER_M at PRESS_FUNNEL_M off the marker to
     the table at PRESS_FUNNEL_M / 5; a step in it would wall the marker off for a sampler.
@@ -67,7 +68,7 @@ def _press_placement(point_m: np.ndarray, marker_m: np.ndarray) -> float:
     off_marker_m = float(np.linalg.norm(point_m[:2] - marker_m[:2]))
     inner_m = 0.2 * PRESS_FUNNEL_M
     rise = min(1.0, max(0.0, (off_marker_m - inner_m) / (PRESS_FUNNEL_M - inner_m)))
-    want_z = TABLE_HEIGHT_M + PRESS_HOVER_M * rise
+    want_z = marker_m[2] + PRESS_HOVER_M * rise
     return off_marker_m + 0.5 * abs(point_m[2] - want_z)
 
 
@@ -94,10 +95,11 @@ def press_cost(state: dict, target_m: np.ndarray, action: np.ndarray) -> float:
     )
 
 
-def _push_placement(point_m: np.ndarray, behind_m: np.ndarray) -> float:
-    """Behind the block on the goal line at pushing height; over the top when far from it."""
+def _push_placement(point_m: np.ndarray, behind_m: np.ndarray, table_m: float) -> float:
+    """Behind the block on the goal line at pushing height above the table top at `table_m`;
+    over the top when far from it."""
     off_m = float(np.linalg.norm(point_m[:2] - behind_m))
-    want_z = TABLE_HEIGHT_M + (PUSH_HEIGHT_M if off_m < 0.02 else PUSH_TRAVEL_HEIGHT_M)
+    want_z = table_m + (PUSH_HEIGHT_M if off_m < 0.02 else PUSH_TRAVEL_HEIGHT_M)
     return off_m + abs(point_m[2] - want_z)
 
 
@@ -109,8 +111,9 @@ def push_cost(
     to_goal = goal_position_m[:2] - block
     distance = float(np.linalg.norm(to_goal))
     behind = block - to_goal / max(distance, 1e-6) * PUSH_CONTACT_OFFSET_M
-    placement = _push_placement(state["ee_position_m"], behind)
-    placement += TARGET_WEIGHT * _push_placement(target_m, behind)
+    table_m = state["table_height_m"]
+    placement = _push_placement(state["ee_position_m"], behind, table_m)
+    placement += TARGET_WEIGHT * _push_placement(target_m, behind, table_m)
     return distance + PUSH_PAD_WEIGHT * placement + ACTION_FORCE_WEIGHT_M_PER_N * float(action[3])
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from wmpc import types
+from wmpc.config import TABLE_HEIGHT_MAX_M
 from wmpc.errors import WmpcError
 from wmpc.sim.scene import BLOCK_HALF_SIZE_M, TABLE_HEIGHT_M
 
@@ -50,9 +51,9 @@ PUSH_APPROACH_MIN_X_M = 0.30
 PUSH_APPROACH_STANDOFF_M = 0.07
 # In reach and press the block is a distractor, kept away from where the pad has to go.
 BLOCK_CLEARANCE_M = 0.12
-# The press goal pose says only "on the table surface"; the marker must be found by looking.
-PRESS_GOAL_POSITION_M = np.array([0.5, 0.0, TABLE_HEIGHT_M])
-BLOCK_REST_Z_M = TABLE_HEIGHT_M + BLOCK_HALF_SIZE_M
+# The press goal pose says only "on the table surface" (its z is the table's height); the
+# marker must be found by looking.
+PRESS_GOAL_XY_M = np.array([0.5, 0.0])
 
 
 class SimError(WmpcError, ValueError):
@@ -72,6 +73,7 @@ class Layout:
 
     task: str
     goal: types.Goal
+    table_height_m: float  # the table top's z in the base frame
     marker_position_m: np.ndarray  # (3,) centre of the marker disc on the table
     block_position_m: np.ndarray  # (3,) initial block centre
     block_yaw_rad: float
@@ -102,11 +104,18 @@ def _far_from(rng, low, high, points: list[np.ndarray], clearance_m: float) -> n
     raise SimError("could not place the block clear of the goal; the sampling regions overlap")
 
 
-def sample_layout(task: str, rng: np.random.Generator) -> Layout:
-    """Sample one episode's goal, marker, block and push goal from `rng`."""
+def sample_layout(
+    task: str, rng: np.random.Generator, table_height_m: float = TABLE_HEIGHT_M
+) -> Layout:
+    """Sample one episode's goal, marker, block and push goal from `rng`, on a table whose
+    top is at `table_height_m` (base frame)."""
     check_task(task)
+    if not 0.0 <= table_height_m <= TABLE_HEIGHT_MAX_M:
+        raise SimError(f"table height {table_height_m} m: must be in [0, {TABLE_HEIGHT_MAX_M}] m")
+    table_m = float(table_height_m)
+    block_rest_z_m = table_m + BLOCK_HALF_SIZE_M
     marker_xy = _uniform(rng, MARKER_LOW, MARKER_HIGH)
-    marker = np.array([marker_xy[0], marker_xy[1], TABLE_HEIGHT_M])
+    marker = np.array([marker_xy[0], marker_xy[1], table_m])
     block_yaw = float(rng.uniform(-math.pi, math.pi))
     push_goal = None
     down = types.TOOL_DOWN_XYZW.copy()
@@ -117,7 +126,8 @@ def sample_layout(task: str, rng: np.random.Generator) -> Layout:
     elif task == "press":
         block_xy = _far_from(rng, BLOCK_LOW, BLOCK_HIGH, [marker], BLOCK_CLEARANCE_M)
         press_wrench = types.Wrench(np.array([0.0, 0.0, -PRESS_FORCE_N]), np.zeros(3))
-        goal = types.Goal(types.Pose(PRESS_GOAL_POSITION_M.copy(), down), press_wrench, task)
+        surface = np.array([*PRESS_GOAL_XY_M, table_m])
+        goal = types.Goal(types.Pose(surface, down), press_wrench, task)
     else:
         for _ in range(1000):
             block_xy = _uniform(rng, BLOCK_LOW, BLOCK_HIGH)
@@ -131,11 +141,11 @@ def sample_layout(task: str, rng: np.random.Generator) -> Layout:
                 break
         else:
             raise SimError("could not sample a push goal inside the workspace")
-        push_goal = np.array([goal_xy[0], goal_xy[1], BLOCK_REST_Z_M])
+        push_goal = np.array([goal_xy[0], goal_xy[1], block_rest_z_m])
         block_goal_pose = types.Pose(push_goal.copy(), np.array([0.0, 0.0, 0.0, 1.0]))
         goal = types.Goal(block_goal_pose, types.Wrench.zero(), task)
-    block = np.array([block_xy[0], block_xy[1], BLOCK_REST_Z_M])
-    return Layout(task, goal, marker, block, block_yaw, push_goal)
+    block = np.array([block_xy[0], block_xy[1], block_rest_z_m])
+    return Layout(task, goal, table_m, marker, block, block_yaw, push_goal)
 
 
 class TaskMonitor:

@@ -127,6 +127,8 @@ class SimWorld:
         self._geom_is_pad = np.zeros(m.ngeom, dtype=bool)
         self._geom_is_pad[self._pad_geoms] = True
         self._table_geom = m.geom(scene.TABLE_GEOM).id
+        # A layout raises the table by moving its body (scene.xml): collision and camera follow.
+        self._table_body = m.geom_bodyid[self._table_geom]
         self._block_geom = m.geom(scene.BLOCK_BODY).id
         self._block_body = m.body(scene.BLOCK_BODY).id
         self._block_qpos_adr = m.jnt_qposadr[m.joint(scene.BLOCK_JOINT).id]
@@ -159,6 +161,11 @@ class SimWorld:
         self._audio: audio.AudioSynth | None = None
         self._monitor: TaskMonitor | None = None
         self._quat = np.zeros(4)
+        # The pad force of the last control period's physics steps (a ring), for the
+        # tick-mean force label: the force at one instant chatters by ~2 N from tick to tick
+        # in contact, its mean over the tick by a fraction of that.
+        self._period_force_n = np.zeros(self.steps_per_tick)
+        self._period_steps = 0
         self.reset("reach", seed)
 
     # ---- episode ----------------------------------------------------------------------------
@@ -181,10 +188,17 @@ class SimWorld:
     def reset(self, task: str, seed: int) -> types.Goal:
         """Start an episode of `task`: sample its layout from `seed`, put the arm at home."""
         tasks.check_task(task)
-        streams = np.random.SeedSequence(int(seed)).spawn(4)
-        layout_rng, joint_rng, tactile_rng, audio_rng = (np.random.default_rng(s) for s in streams)
-        self.layout = tasks.sample_layout(task, layout_rng)
+        # The table's stream comes last, so the first four (and every layout on the scene's
+        # own table) are what they were before tables could move.
+        streams = np.random.SeedSequence(int(seed)).spawn(5)
+        layout_rng, joint_rng, tactile_rng, audio_rng, table_rng = (
+            np.random.default_rng(s) for s in streams
+        )
+        low_m, high_m = self.config.table_height_range_m
+        table_m = low_m if high_m == low_m else float(table_rng.uniform(low_m, high_m))
+        self.layout = tasks.sample_layout(task, layout_rng, table_m)
         m, d = self.model, self.data
+        self._place_table(table_m)
         mujoco.mj_resetData(m, d)
 
         q = self._home_q + joint_rng.normal(0.0, self.config.initial_joint_noise_rad, 7)
@@ -194,7 +208,7 @@ class SimWorld:
         d.qpos[block + 3 : block + 7] = yaw_quat_wxyz(self.layout.block_yaw_rad)
         d.mocap_pos[self._marker_mocap] = self.layout.marker_position_m
         if self.layout.push_goal_position_m is not None:
-            d.mocap_pos[self._push_goal_mocap] = [*self.layout.push_goal_position_m[:2], 0.0]
+            d.mocap_pos[self._push_goal_mocap] = [*self.layout.push_goal_position_m[:2], table_m]
         else:
             # Only push shows its goal region; elsewhere the disc waits under the table.
             d.mocap_pos[self._push_goal_mocap] = [0.5, 0.0, -0.5]
@@ -203,6 +217,7 @@ class SimWorld:
         position, orientation = self.controller.ee_pose(d)
         self.gate.reset(position, orientation)
         self._monitor = tasks.make_monitor(self.layout)
+        self._period_steps = 0
         if self.sensors_enabled:
             self._tactile = sensors.TactileArray(
                 m, scene.TAXEL_ROWS, scene.TAXEL_COLS, self.config.tactile_noise_std_n, tactile_rng
@@ -212,6 +227,11 @@ class SimWorld:
             )
         log.debug("reset %s seed %d", task, seed)
         return self.layout.goal
+
+    def _place_table(self, table_m: float) -> None:
+        """Move the table's body so that the table top (its plane) lies at z = `table_m`."""
+        m = self.model
+        m.body_pos[self._table_body, 2] = table_m - m.geom_pos[self._table_geom, 2]
 
     def step(self, command: types.Command | None = None) -> None:
         """Advance one physics step tracking `command` (None = keep the latest one)."""
@@ -227,6 +247,8 @@ class SimWorld:
             target = self.gate.target(d.time, None, None)
         d.ctrl[self._actuator_ids] = self.controller.torques(d, target)
         mujoco.mj_step2(m, d)
+        self._period_force_n[self._period_steps % self.steps_per_tick] = self.pad_force_n()
+        self._period_steps += 1
         if self._audio is not None:
             self._audio.observe(d, m.opt.timestep)
         if self._monitor is not None:
@@ -258,7 +280,11 @@ class SimWorld:
 
     def sync_from(self, other: SimWorld) -> None:
         """Copy another world's physics, command and layout state (not its sensors)."""
+        # A fork shares the model, and making it reset the table to the fork's own seed.
+        self._place_table(other.layout.table_height_m)
         mujoco.mj_copyData(self.data, self.model, other.data)
+        self._period_force_n[:] = other._period_force_n
+        self._period_steps = other._period_steps
         self.gate.copy_from(other.gate)
         self.layout = other.layout
         # Rollouts do not need success bookkeeping; they score states themselves.
@@ -376,6 +402,13 @@ class SimWorld:
         """Normal force on the pad (N): the sum of its taxels' touch sensors, noiseless."""
         return float(self.data.sensordata[self._taxel_adr].sum())
 
+    def period_mean_force_n(self) -> float:
+        """Mean pad normal force (N) over the last control period's physics steps (since the
+        reset, if shorter; the force now, if no step has been taken)."""
+        if self._period_steps == 0:
+            return self.pad_force_n()
+        return float(self._period_force_n[: min(self._period_steps, self.steps_per_tick)].mean())
+
     def block_position_m(self) -> np.ndarray:
         """Block centre in the base frame."""
         return self.data.xpos[self._block_body].copy()
@@ -417,10 +450,11 @@ class SimWorld:
             ),
             "goal_position_m": self.layout.goal.pose.position_m.copy(),
             "contact_force_n": force,
+            "contact_force_period_mean_n": self.period_mean_force_n(),
             "contact": bool(on_table or on_block),
             "pad_on_table": on_table,
             "pad_on_block": on_block,
-            "table_height_m": scene.TABLE_HEIGHT_M,
+            "table_height_m": self.layout.table_height_m,
         }
 
     def close(self) -> None:

@@ -86,6 +86,9 @@ PRIVILEGED_FIELDS = (
     "contact",
 )
 
+# DatasetSettings.force_label -> the /wmpc/privileged field it reads.
+FORCE_LABELS = {"instant": "contact_force_n", "period_mean": "contact_force_period_mean_n"}
+
 LABELS = {  # name -> size; order of the npz label arrays
     "ee_position_m": 3,
     "contact_force_n": 1,
@@ -122,6 +125,18 @@ class DatasetSettings:
     # 5 N press): no 20 Hz model can time those, and under a squared loss they drowned the
     # steady forces the planner needs (in-contact error 8-10 N). Labels saturate here.
     force_label_max_n: float = 20.0
+    # Which simulated force the contact-force label is (FORCE_LABELS). "period_mean": the mean
+    # over the control period that ends at the tick, so the label one tick ahead is the force
+    # the action of this tick produced, averaged as a 20 Hz controller sees it; "instant": the
+    # force at the tick's physics step, which in contact chatters by ~2 N from tick to tick
+    # (held-out mean; the model could not predict it better than a constant there).
+    force_label: str = "instant"
+
+    def __post_init__(self) -> None:
+        if self.force_label not in FORCE_LABELS:
+            raise DatasetError(
+                f"force_label {self.force_label!r}: use one of {list(FORCE_LABELS)}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form, stored in each episode's meta."""
@@ -145,6 +160,8 @@ class DatasetSettings:
                 float(stored["contact_threshold_n"]),
                 # Absent from manifests written before labels saturated.
                 float(stored.get("force_label_max_n", math.inf)),
+                # Absent from manifests written before the period-mean label: the instant one.
+                str(stored.get("force_label", "instant")),
             )
         except (KeyError, TypeError) as exc:
             raise DatasetError(f"dataset settings in {source or 'a dict'} lack {exc}") from None
@@ -317,7 +334,13 @@ class EpisodeBuilder:
         p = tick["privileged"]
         ee = np.asarray(tick["ee_position_m"], dtype=np.float64)
         if p is not None:
-            force = float(p["contact_force_n"])
+            key = FORCE_LABELS[self.settings.force_label]
+            if key not in p:
+                raise DatasetError(
+                    f"{PRIVILEGED_TOPIC} lacks {key!r} (the bag was recorded before that "
+                    f"field existed); collect it again, or use force_label 'instant'"
+                )
+            force = float(p[key])
             contact = float(bool(p["contact"]))
             marker_rel = np.asarray(p["marker_position_m"], dtype=np.float64) - np.asarray(
                 p["ee_position_m"], dtype=np.float64
