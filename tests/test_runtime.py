@@ -112,7 +112,7 @@ def test_malformed_message_is_rejected_not_raised(tiny_dir):
 
 
 def test_a_model_trained_without_the_wrist_wrench_runs_without_the_sensor(
-    synthetic_bags, tmp_path
+    synthetic_bags, tmp_path, capsys
 ):
     """`proprio_wrench: false` end to end: `wmpc train` makes the model, and the control loop
     plans with no wrist wrench ever received (a robot without a wrist force sensor)."""
@@ -147,3 +147,18 @@ def test_a_model_trained_without_the_wrist_wrench_runs_without_the_sensor(
             assert with_wrench.offer(modality, msg, now) is None
     waiting = with_wrench.tick(now, goal)
     assert waiting.plan is None and "wrench: no sample yet" in waiting.problems
+
+    # `wmpc evaluate` of such a model on a bag without /wmpc/privileged (a robot's, or what
+    # `make demo` records) labels force from the bag's wrist wrench all the same, though the
+    # model's own observation leaves the wrench out (this failed with an AttributeError).
+    import json
+
+    from conftest import write_synthetic_bag
+
+    bag = write_synthetic_bag(tmp_path / "real_like", seed=4, ticks=30, privileged=False)
+    capsys.readouterr()
+    argv = ["evaluate", str(bag), "--model", str(out), "--task", "reach", "--json"]
+    assert main(argv) == 0
+    force = json.loads(capsys.readouterr().out)["models"][0]["prediction"]["heads"]
+    force = force["contact_force_n"]
+    assert force["label"].startswith("/arm/wrench") and force["h1"] is not None

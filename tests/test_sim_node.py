@@ -341,3 +341,23 @@ def test_wmpc_sim_closed_loop_writes_its_report(tmp_path):
     episode = printed["results"]["wmpc"]["per_episode"][0]
     stamps_s, _ = read_series(report / "bag")["/arm/pose_command"]
     assert stamps_s.size >= 0.8 * 20.0 * episode["sim_s"], (stamps_s.size, episode["sim_s"])
+
+
+def test_wmpc_demo_runs_the_main_job_end_to_end(tmp_path):
+    """`make demo`'s command with the shipped model: closed loop over DDS, the expert, then
+    `wmpc evaluate` of the recording (which once failed for a model without the wrist
+    wrench, on a bag without /wmpc/privileged), and the results table."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "wmpc.cli", "demo", "--episodes", "1", "--real-time-factor",
+         "0", "--runs-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = tmp_path.glob("demo-*")
+    assert (run / "sim.json").is_file() and (run / "report" / "index.html").is_file()
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("wmpc ") for line in lines), result.stdout
+    assert any(line.startswith("expert ") for line in lines), result.stdout

@@ -397,6 +397,10 @@ class SensorBuffer:
         """(stamp_s, pose) of the newest measured end-effector pose, fresh or not."""
         return self._ee_pose
 
+    def latest_wrench(self) -> tuple[float, Wrench] | None:
+        """(stamp_s, wrench) of the newest wrist wrench, fresh or not, required or not."""
+        return self._wrench
+
     def observation(self, now_s: float) -> Snapshot:
         """The observation at `now_s`, or None with the reasons (see Snapshot)."""
         self._maybe_clock_restart(now_s)

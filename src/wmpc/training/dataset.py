@@ -52,6 +52,7 @@ from wmpc.types import (
     Goal,
     ImageFrame,
     JointSample,
+    Observation,
     Pose,
     TactileFrame,
     Wrench,
@@ -292,10 +293,22 @@ class EpisodeBuilder:
                 "index": index,
                 "features": features,
                 "ee_position_m": observation.ee_pose.position_m,
-                "wrench": observation.wrench_wrist,
+                "wrench": self._label_wrench(observation, tick_s),
                 "privileged": self._fresh_privileged(tick_ns),
             }
         )
+
+    def _label_wrench(self, observation: Observation, tick_s: float) -> Wrench | None:
+        """The wrist wrench that labels force where a bag has no /wmpc/privileged: the
+        observation's, or, when the buffer serves a model without the wrench (evaluating
+        one), its newest reading if fresh; None when there is none."""
+        if observation.wrench_wrist is not None:
+            return observation.wrench_wrist
+        latest = self.buffer.latest_wrench()
+        max_age_s = self.buffer.config.wrench_max_age_s
+        if latest is None or not 0.0 <= tick_s - latest[0] <= max_age_s:
+            return None
+        return latest[1]
 
     def _fresh_privileged(self, tick_ns: int) -> dict[str, Any] | None:
         p = self.privileged
@@ -323,6 +336,9 @@ class EpisodeBuilder:
                 return
         else:
             wrench = 0.0
+        if tick["privileged"] is None and tick["wrench"] is None:
+            self.dropped["no force label: no /wmpc/privileged and no fresh wrist wrench"] += 1
+            return
         action = np.append(step_m, wrench)
         low, high = np.array(ACTION_LOW), np.array(ACTION_HIGH)
         if np.any(action < low - ACTION_TOLERANCE) or np.any(action > high + ACTION_TOLERANCE):
