@@ -397,9 +397,21 @@ class SensorBuffer:
         """(stamp_s, pose) of the newest measured end-effector pose, fresh or not."""
         return self._ee_pose
 
-    def latest_wrench(self) -> tuple[float, Wrench] | None:
-        """(stamp_s, wrench) of the newest wrist wrench, fresh or not, required or not."""
-        return self._wrench
+    def fresh_wrench(self, now_s: float) -> Wrench | None:
+        """The newest wrist wrench if fresh at `now_s` by the rule `observation` applies to
+        every modality, whether or not this buffer requires it; else None."""
+        if self._wrench is None:
+            return None
+        return None if self._age_problem("wrench", now_s - self._wrench[0]) else self._wrench[1]
+
+    def _age_problem(self, modality: str, age_s: float) -> str | None:
+        """Why a sample `age_s` old is not fresh enough for `modality`, or None."""
+        limit_s = self.max_age_s[modality]
+        if age_s > limit_s:
+            return f"{modality}: stale, {age_s:.3f} s old > {limit_s:.3f} s"
+        if age_s < -self.config.max_future_s:
+            return f"{modality}: stamped {-age_s:.3f} s after now"
+        return None
 
     def observation(self, now_s: float) -> Snapshot:
         """The observation at `now_s`, or None with the reasons (see Snapshot)."""
@@ -424,11 +436,9 @@ class SensorBuffer:
                 continue
             age_s = now_s - stamp_s
             staleness[modality] = age_s
-            limit_s = self.max_age_s[modality]
-            if age_s > limit_s:
-                problems.append(f"{modality}: stale, {age_s:.3f} s old > {limit_s:.3f} s")
-            elif age_s < -self.config.max_future_s:
-                problems.append(f"{modality}: stamped {-age_s:.3f} s after now")
+            problem = self._age_problem(modality, age_s)
+            if problem is not None:
+                problems.append(problem)
         window = self._audio.size
         if self._audio_end_s is not None and self._audio_valid < window:
             problems.append(

@@ -52,7 +52,6 @@ from wmpc.types import (
     Goal,
     ImageFrame,
     JointSample,
-    Observation,
     Pose,
     TactileFrame,
     Wrench,
@@ -293,22 +292,13 @@ class EpisodeBuilder:
                 "index": index,
                 "features": features,
                 "ee_position_m": observation.ee_pose.position_m,
-                "wrench": self._label_wrench(observation, tick_s),
+                # The label's wrench where a bag has no /wmpc/privileged: fresh by the
+                # buffer's rule, also when the buffer serves a model that does not read it
+                # (evaluating one), which leaves it out of the observation.
+                "wrench": self.buffer.fresh_wrench(tick_s),
                 "privileged": self._fresh_privileged(tick_ns),
             }
         )
-
-    def _label_wrench(self, observation: Observation, tick_s: float) -> Wrench | None:
-        """The wrist wrench that labels force where a bag has no /wmpc/privileged: the
-        observation's, or, when the buffer serves a model without the wrench (evaluating
-        one), its newest reading if fresh; None when there is none."""
-        if observation.wrench_wrist is not None:
-            return observation.wrench_wrist
-        latest = self.buffer.latest_wrench()
-        max_age_s = self.buffer.config.wrench_max_age_s
-        if latest is None or not 0.0 <= tick_s - latest[0] <= max_age_s:
-            return None
-        return latest[1]
 
     def _fresh_privileged(self, tick_ns: int) -> dict[str, Any] | None:
         p = self.privileged

@@ -49,13 +49,6 @@ ROLLOUT_INT8_FILE = "rollout.int8.onnx"
 CALIBRATION_TICKS = 512
 CALIBRATION_BATCH = 64
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-# Why a model input's first layer may be kept fp32 (`wmpc quantize --float-inputs`): the
-# normalised taxels of a model trained on raised tables span impact spikes of up to ~60
-# training stds, so a per-tensor INT8 scale rounds the 1-3 stds of steady contact to a few
-# levels: on that model (2026-12-04) it took the held-out contact Brier score from 0.043 to
-# 0.195 and the force error h1 from 0.63 to 1.00 N, and leaving the skin's 48 x 128 first
-# layer in float gave back fp32's figures (one-off script). On the shipped model it makes no
-# difference worth a changed file (force h1 0.657 against 0.645 N), so it is not the default.
 # Operations that only reshape: a layer behind them still reads the model input itself.
 RESHAPING_OPS = ("Flatten", "Reshape")
 
@@ -230,6 +223,13 @@ def quantize_graph(
         )
 
 
+# Why a model input's first layer may be kept fp32 (`wmpc quantize --float-inputs`): the
+# normalised taxels of a model trained on raised tables span impact spikes of up to ~60
+# training stds, so a per-tensor INT8 scale rounds the 1-3 stds of steady contact to a few
+# levels: on that model (2026-12-04) it took the held-out contact Brier score from 0.043 to
+# 0.195 and the force error h1 from 0.63 to 1.00 N, and leaving the skin's 48 x 128 first
+# layer in float gave back fp32's figures (one-off script). On the shipped model it makes no
+# difference worth a changed file (force h1 0.657 against 0.645 N), so it is not the default.
 def _first_layers(graph: onnx.GraphProto, inputs: tuple[str, ...]) -> list[str]:
     """Names of the quantizable nodes that read one of the graph inputs `inputs`, directly or
     through reshaping only (graphs without those inputs: none)."""
